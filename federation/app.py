@@ -1,0 +1,327 @@
+"""The aiohttp application: launch redirects, the UI proxy, and the router's own endpoints.
+
+Handlers are thin: they read the current ``RoutingTable`` snapshot, call into the pure core
+(``launch.parse_launch``, ``RoutingTable.route``) and write the answer. Background work — probe
+loops, config and drain watchers, the slow-start ticker — belongs to the application's
+lifetime (``cleanup_ctx``) and never runs on the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from federation.config import Config, load_config_text
+from federation.drains import parse_drains
+from federation.errors import ConfigError, LaunchPathError
+from federation.health import State
+from federation.launch import parse_launch
+from federation.metrics import Metrics
+from federation.probes import Prober, next_delay
+from federation.proxy import ProxyError, forward
+from federation.runtime import RouterState
+from federation.sources import ConfigSource
+from federation.status import active_hosts, status_document
+
+__all__ = [
+    "LIVE_PATH",
+    "METRICS_PATH",
+    "READY_PATH",
+    "STATE",
+    "STATUS_PATH",
+    "DrainSource",
+    "create_app",
+]
+
+LIVE_PATH = "/_router/live"
+READY_PATH = "/_router/ready"
+STATUS_PATH = "/_router/status"
+METRICS_PATH = "/metrics"
+ACTIVE_HOSTS_PATH = "/active_hosts"
+
+STATE = web.AppKey("state", RouterState)
+_PROBE_SESSION = web.AppKey("probe_session", aiohttp.ClientSession)
+_PROXY_SESSION = web.AppKey("proxy_session", aiohttp.ClientSession)
+
+log = structlog.get_logger("federation.app")
+access_log = structlog.get_logger("federation.access")
+
+_CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Headers": "cache-control",
+}
+_PROXY_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_connect=5, sock_read=30)
+
+
+class DrainSource(Protocol):
+    """Anything that yields the drains document's text now and on every change."""
+
+    def watch(self) -> AsyncIterator[str | None]:
+        """Yield the current text, then each new text."""
+        ...
+
+
+def _wants_html(request: web.BaseRequest) -> bool:
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def _refusal(request: web.BaseRequest, status: int, reason: str,
+             headers: dict[str, str] | None = None) -> web.Response:
+    """An error a person or a program can act on: HTML, event-stream or JSON by Accept."""
+    accept = request.headers.get("Accept", "")
+    all_headers = {**_CORS, **(headers or {})}
+    if "text/html" in accept:
+        from html import escape
+
+        body = (f"<!doctype html><meta charset=utf-8><title>{status}</title>"
+                f"<h1>Cannot launch right now</h1><p>{escape(reason)}</p>")
+        return web.Response(status=status, text=body, content_type="text/html",
+                            headers=all_headers)
+    if "text/event-stream" in accept:
+        event = json.dumps({"phase": "failed", "status_code": status, "message": reason + "\n"})
+        return web.Response(status=status, text=f"data: {event}\n\n",
+                            content_type="text/event-stream", headers=all_headers)
+    return web.json_response({"status": status, "reason": reason}, status=status,
+                             headers=all_headers)
+
+
+class _Launcher:
+    """The /build (and, with redirect_v2, /v2) handler, with its per-app state bound once."""
+
+    def __init__(self, state: RouterState, rng: random.Random) -> None:
+        self.state = state
+        self.rng = rng
+        self.metrics = state.metrics
+        self._counters: dict[tuple[str, str], Callable[[], None]] = {}
+        self._latency = state.metrics.route_latency["launch"]
+
+    def _count(self, member: str, reason: str) -> None:
+        inc = self._counters.get((member, reason))
+        if inc is None:
+            inc = self._counters[(member, reason)] = self.metrics.redirect_counter(
+                member, reason).inc
+        inc()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            return self._launch(request)
+        finally:
+            self._latency.observe(time.perf_counter() - started)
+
+    def _launch(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return web.Response(status=204, headers={
+                **_CORS, "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+                "Access-Control-Max-Age": "86400"})
+        raw = request.raw_path
+        try:
+            launch = parse_launch(raw)
+        except LaunchPathError as e:
+            self.metrics.bad_launch.inc()
+            return _refusal(request, e.status, e.reason)
+        state = self.state
+        table = state.table
+        decision = table.route(launch, cookie=request.cookies.get("host"), loads=state.sent,
+                               rng=self.rng)
+        if decision is None:
+            self.metrics.no_member.inc()
+            return _refusal(request, 503, "No member of the federation can take launches right "
+                            "now. Please try again in a minute.", {"Retry-After": "30"})
+        member = decision.member
+        state.note_launch(member.name)
+        self._count(member.name, decision.reason)
+        headers = {"Location": member.url + raw, **_CORS}
+        hours = table.config.routing.sticky_cookie_hours
+        cookie_path = launch.cookie_path
+        if hours > 0 and launch.kind == "build" and _cookie_safe(cookie_path):
+            headers["Set-Cookie"] = (f'host="{member.url}"; Max-Age={int(hours * 3600)}; '
+                                     f"Path={cookie_path}")
+        rate = table.config.routing.access_log
+        if rate > 0 and self.rng.random() < rate:
+            access_log.info("launch", key=launch.key, member=member.name,
+                            reason=decision.reason)
+        return web.Response(status=307, headers=headers)
+
+
+def _cookie_safe(path: str) -> bool:
+    """A cookie Path must not carry attribute separators or quotes from the request."""
+    return not any(c in path for c in ';," \\')
+
+
+async def _proxy(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    ui = state.table.ui
+    started = time.perf_counter()
+    try:
+        return await forward(request, request.app[_PROXY_SESSION], ui.url,
+                             timeout=_PROXY_TIMEOUT)
+    except ProxyError as e:
+        state.metrics.proxy_errors.labels(e.kind).inc()
+        log.warning("proxy to the UI member failed", member=ui.name, kind=e.kind,
+                    path=request.path[:200])
+        if e.response is not None:
+            return e.response
+        return _refusal(request, e.status, f"{e.reason} ({ui.name}).")
+    finally:
+        state.metrics.route_latency["proxy"].observe(time.perf_counter() - started)
+
+
+async def _live(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def _ready(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.ready:
+        return web.Response(text="ready\n")
+    return web.Response(status=503, text="starting: waiting for the first probe of every member\n")
+
+
+async def _status(request: web.Request) -> web.Response:
+    document = status_document(request.app[STATE])
+    return web.json_response(document, dumps=lambda d: json.dumps(d, indent=1))
+
+
+async def _active_hosts(request: web.Request) -> web.Response:
+    return web.json_response(active_hosts(request.app[STATE]))
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[STATE].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _guard(name: str, work: Callable[[], Awaitable[None]]) -> None:
+    """Run an eternal task; log and restart it if it ever fails, so watching never stops."""
+    while True:
+        try:
+            await work()
+            log.warning("background task ended, restarting", task=name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task failed, restarting", task=name)
+        await asyncio.sleep(1.0)
+
+
+def create_app(
+    config: Config,
+    *,
+    config_source: ConfigSource | None = None,
+    drain_source: DrainSource | None = None,
+    rng: random.Random | None = None,
+    metrics: Metrics | None = None,
+) -> web.Application:
+    """The router for ``config``; sources, when given, are watched for live changes."""
+    app = web.Application(client_max_size=1024 * 1024)
+    state = RouterState(config, metrics=metrics)
+    app[STATE] = state
+    launcher = _Launcher(state, rng or random.Random())
+
+    async def v2(request: web.Request) -> web.StreamResponse:
+        if state.table.config.routing.redirect_v2:
+            return await launcher.handle(request)
+        return await _proxy(request)
+
+    app.router.add_route("*", "/build/{spec:.*}", launcher.handle)
+    app.router.add_route("*", "/v2/{spec:.*}", v2)
+    app.router.add_get(LIVE_PATH, _live)
+    app.router.add_get(READY_PATH, _ready)
+    app.router.add_get(STATUS_PATH, _status)
+    app.router.add_get(ACTIVE_HOSTS_PATH, _active_hosts)
+    app.router.add_get(METRICS_PATH, _metrics)
+    app.router.add_route("*", "/{tail:.*}", _proxy)
+    app.cleanup_ctx.append(_lifetime(config_source, drain_source))
+    return app
+
+
+def _lifetime(
+    config_source: ConfigSource | None, drain_source: DrainSource | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        state = app[STATE]
+        probe_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=4, ttl_dns_cache=60),
+            auto_decompress=True)
+        proxy_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256), auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar())
+        app[_PROBE_SESSION], app[_PROXY_SESSION] = probe_session, proxy_session
+
+        def delay_for(name: str, settings: object) -> float:
+            health = state.healths.get(name)
+            healthy = health is None or health.state is not State.UNHEALTHY
+            if health is not None and health.successes > 0:
+                healthy = True  # recovering: confirm at the normal pace
+            return next_delay(state.config.health, failures=health.failures if health else 0,
+                              healthy=healthy, rng=random.Random())
+
+        prober = Prober(probe_session, state.apply_probe, delay_for)
+        state.on_config = lambda c: prober.reconcile(c.members, c.health)
+        prober.reconcile(state.config.members, state.config.health)
+        tasks = [asyncio.create_task(_guard("ticker", lambda: _tick(state)), name="ticker")]
+        if config_source is not None:
+            tasks.append(asyncio.create_task(
+                _guard("config", lambda: _watch_config(state, config_source)), name="config"))
+        if drain_source is not None:
+            tasks.append(asyncio.create_task(
+                _guard("drains", lambda: _watch_drains(state, drain_source)), name="drains"))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await prober.close()
+            await probe_session.close()
+            await proxy_session.close()
+
+    return lifetime
+
+
+async def _tick(state: RouterState) -> None:
+    """Rebuild while members ramp up (slow start) and until start-up readiness settles."""
+    while True:
+        await asyncio.sleep(1.0)
+        if state.ramping() or state.table.ready != state.ready:
+            state.refresh()
+
+
+async def _watch_config(state: RouterState, source: ConfigSource) -> None:
+    last: str | None = None
+    async for text in source.watch():
+        if text is None:
+            state.reject_config(ConfigError("the config document is missing; keeping the last "
+                                            "good config", source=source.name))
+            continue
+        if text == last:
+            continue
+        last = text
+        try:
+            config = load_config_text(text, source=source.name)
+        except ConfigError as e:
+            state.reject_config(e)
+            continue
+        if config != state.config:
+            state.apply_config(config)
+
+
+async def _watch_drains(state: RouterState, source: DrainSource) -> None:
+    async for text in source.watch():
+        try:
+            drains = parse_drains(text, source=getattr(source, "name", "drains"))
+        except ConfigError as e:
+            state.reject_drains(e)
+            continue
+        if drains != state.drains:
+            state.apply_drains(drains)

@@ -1,0 +1,269 @@
+"""What a member's probes say: parsing BinderHub's /health and /versions, and the hysteresis
+that turns single probe results into "in rotation" or "out".
+
+Pure: the probe loop in ``probes.py`` does the I/O and feeds results here. Facts this module
+relies on (binderhub-protocol.md §3.1, §3.2):
+
+* /health answers ``{"ok": bool, "checks": [{"service": name, "ok": bool, ...}]}``, HTTP 503
+  when ``ok`` is false — the 503 body is still parsed so the reason is the failing check's name;
+* the ``Pod quota`` check carries ``total_pods``, ``user_pods``, ``build_pods`` and ``quota``
+  (null when unset) and is marked ``_ignore_failure``: being over quota never makes a member sick;
+* /versions answers ``{"binderhub": "...", "builder_info": {...}, "builder": "..."}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from federation.config import VersionPolicy
+from federation.errors import ProbeError
+
+__all__ = [
+    "Check",
+    "HealthReport",
+    "MemberHealth",
+    "PodQuota",
+    "ProbeResult",
+    "State",
+    "Versions",
+    "advance",
+    "parse_health",
+    "parse_versions",
+    "verdict",
+    "versions_match",
+]
+
+POD_QUOTA = "Pod quota"
+
+
+class State(StrEnum):
+    """Whether a member is in rotation as far as its probes go."""
+
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One entry of BinderHub's /health ``checks``."""
+
+    service: str
+    ok: bool
+    ignore_failure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PodQuota:
+    """The ``Pod quota`` check: pods running and the member's launch quota (None = unset)."""
+
+    total_pods: int
+    user_pods: int
+    build_pods: int
+    quota: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """A parsed /health answer."""
+
+    ok: bool
+    checks: tuple[Check, ...]
+    pod_quota: PodQuota | None
+
+    @property
+    def failing(self) -> tuple[str, ...]:
+        """Names of failing checks that count (not ``_ignore_failure``)."""
+        return tuple(c.service for c in self.checks if not c.ok and not c.ignore_failure)
+
+
+@dataclass(frozen=True, slots=True)
+class Versions:
+    """A parsed /versions answer; ``raw`` keeps the whole object for the ``exact`` policy."""
+
+    binderhub: str
+    builder: str
+    raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Versions) and _canonical(self.raw) == _canonical(other.raw)
+
+    def __hash__(self) -> int:
+        return hash(_canonical(self.raw))
+
+
+def _canonical(raw: Mapping[str, Any]) -> str:
+    return json.dumps(raw, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One probe round of a member: /health and /versions fetched together."""
+
+    at: float
+    latency: float
+    health: HealthReport | None = None
+    versions: Versions | None = None
+    error: str | None = None  # reason when the round failed before a verdict (timeout, garbage)
+
+    @property
+    def reachable(self) -> bool:
+        """Both answers arrived and parsed."""
+        return self.error is None and self.health is not None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberHealth:
+    """What the probes last concluded about one member."""
+
+    state: State = State.UNKNOWN
+    reason: str = "not probed yet"
+    since: float = 0.0
+    failures: int = 0
+    successes: int = 0
+    probes: int = 0
+    last: ProbeResult | None = None
+    report: HealthReport | None = None  # the last /health that parsed, even if a later failed
+    versions: Versions | None = None  # likewise for /versions
+
+    @property
+    def pod_quota(self) -> PodQuota | None:
+        """The most recent pod counts and quota reported by /health, if any."""
+        return self.report.pod_quota if self.report else None
+
+
+def parse_health(status: int, body: bytes) -> HealthReport:
+    """Parse BinderHub's /health (200 or 503 with the same JSON body)."""
+    if status not in (200, 503):
+        raise ProbeError(f"HTTP {status}", "/health answered neither 200 nor 503")
+    data = _json_object(body, "/health")
+    checks_data = data.get("checks", [])
+    ok = data.get("ok")
+    if not isinstance(ok, bool) or not isinstance(checks_data, list):
+        raise ProbeError("bad /health", "expected {'ok': bool, 'checks': [...]}")
+    checks: list[Check] = []
+    quota: PodQuota | None = None
+    for item in checks_data:
+        if not isinstance(item, Mapping) or not isinstance(item.get("service"), str):
+            raise ProbeError("bad /health", "a check has no 'service' name")
+        check = Check(str(item["service"])[:80], item.get("ok") is True,
+                      item.get("_ignore_failure") is True)
+        checks.append(check)
+        if check.service == POD_QUOTA:
+            quota = _pod_quota(item)
+    if status == 503 and ok:
+        ok = False  # trust the status code over a body that contradicts it
+    return HealthReport(ok=ok, checks=tuple(checks), pod_quota=quota)
+
+
+def _pod_quota(item: Mapping[str, Any]) -> PodQuota:
+    def count(name: str) -> int:
+        value = item.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ProbeError("bad /health", f"'Pod quota' {name} is not a count: {value!r}")
+        return value
+
+    quota = item.get("quota")
+    if quota is not None and (isinstance(quota, bool) or not isinstance(quota, int)):
+        raise ProbeError("bad /health", f"'Pod quota' quota is not a count: {quota!r}")
+    return PodQuota(count("total_pods"), count("user_pods"), count("build_pods"), quota)
+
+
+def parse_versions(status: int, body: bytes) -> Versions:
+    """Parse BinderHub's /versions."""
+    if status != 200:
+        raise ProbeError(f"HTTP {status}", "/versions did not answer 200")
+    data = _json_object(body, "/versions")
+    binderhub = data.get("binderhub")
+    builder_info = data.get("builder_info")
+    builder = data.get("builder")
+    if builder is None and isinstance(builder_info, Mapping):
+        builder = builder_info.get("build_image") or builder_info.get("repo2docker-version")
+    if not isinstance(binderhub, str):
+        raise ProbeError("bad /versions", "no 'binderhub' version string")
+    return Versions(binderhub=binderhub, builder=str(builder or ""),
+                    raw=MappingProxyType(dict(data)))
+
+
+def _json_object(body: bytes, what: str) -> Mapping[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ProbeError("not JSON", f"{what} answered {body[:60]!r}") from None
+    if not isinstance(data, dict):
+        raise ProbeError("not JSON", f"{what} is not a JSON object")
+    return data
+
+
+def versions_match(policy: VersionPolicy, member: Versions | None, prime: Versions | None) -> bool:
+    """Whether a member's versions are close enough to the prime's under ``policy``.
+
+    Until the prime's versions are known any member passes, so members can be admitted at
+    start-up before the prime answers (as today's redirector does).
+    """
+    if policy is VersionPolicy.OFF or prime is None:
+        return True
+    if member is None:
+        return False
+    if policy is VersionPolicy.BINDERHUB:
+        return member.binderhub == prime.binderhub
+    return member == prime
+
+
+def verdict(
+    result: ProbeResult, *, policy: VersionPolicy, prime_versions: Versions | None
+) -> str | None:
+    """Why this single probe round failed (None: it passed)."""
+    if result.error is not None or result.health is None:
+        return result.error or "unknown"
+    failing = result.health.failing
+    if failing:
+        return failing[0]
+    if not result.health.ok:
+        return "unhealthy"
+    if not versions_match(policy, result.versions, prime_versions):
+        return "versions"
+    return None
+
+
+def advance(
+    prev: MemberHealth,
+    result: ProbeResult,
+    *,
+    policy: VersionPolicy,
+    prime_versions: Versions | None,
+    failures_to_eject: int,
+    successes_to_restore: int,
+) -> MemberHealth:
+    """The member's health after one more probe round: hysteresis in both directions.
+
+    A member of unknown state takes the first verdict at once (start-up should not wait for
+    several rounds); afterwards ``failures_to_eject`` consecutive failures take it out and
+    ``successes_to_restore`` consecutive successes bring it back.
+    """
+    reason = verdict(result, policy=policy, prime_versions=prime_versions)
+    seen = replace(prev, probes=prev.probes + 1, last=result,
+                   report=result.health or prev.report, versions=result.versions or prev.versions)
+    if reason is None:
+        successes = prev.successes + 1
+        restore = prev.state is State.UNKNOWN or (
+            prev.state is State.UNHEALTHY and successes >= successes_to_restore
+        )
+        if restore:
+            return replace(seen, state=State.HEALTHY, reason="", since=result.at, failures=0,
+                           successes=successes)
+        return replace(seen, failures=0, successes=successes)
+    failures = prev.failures + 1
+    eject = prev.state is State.UNKNOWN or (
+        prev.state is State.HEALTHY and failures >= failures_to_eject
+    )
+    if eject:
+        return replace(seen, state=State.UNHEALTHY, reason=reason, since=result.at,
+                       failures=failures, successes=0)
+    keep_reason = reason if prev.state is State.UNHEALTHY else prev.reason
+    return replace(seen, reason=keep_reason, failures=failures, successes=0)

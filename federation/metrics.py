@@ -1,0 +1,165 @@
+"""Prometheus metrics, with the redirector's names kept so existing dashboards keep working.
+
+Compatible with mybinder.org's federation-redirect (binderhub-protocol.md §4.5), minus its bugs:
+
+* ``federation_health{member,reason}`` — exactly one series per member: 1 with ``reason=""``
+  while in rotation, else 0 with the reason; the old reason's series is removed on change;
+* ``federation_health_check{member,check}`` — each BinderHub check and ``versions``;
+* ``federation_redirect_count{member,reason}`` — same name and labels as before (monotonic);
+  ``federation_redirects_total`` is the same count as a proper Prometheus Counter.
+
+Label values are member names, check names and small enums only — never repositories.
+Each router owns its registry, so several routers (tests, workers) never share series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from federation.health import ProbeResult
+from federation.table import MemberStatus, RoutingTable
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+
+class _RedirectCountCompat(Collector):
+    """Re-exports the redirect counter under the redirector's old, unsuffixed name."""
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "federation_redirect_count",
+            "Launch redirects per member and reason (compatible name; see "
+            "federation_redirects_total)",
+            labels=["member", "reason"],
+        )
+        for metric in self._counter.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    family.add_metric([sample.labels["member"], sample.labels["reason"]],
+                                      sample.value)
+        yield family
+
+
+class Metrics:
+    """Every metric the router exports, in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.health = Gauge("federation_health", "1 while a member is in rotation, else 0 "
+                            "with the reason", ["member", "reason"], registry=r)
+        self.health_check = Gauge("federation_health_check", "Each BinderHub check of a member "
+                                  "(1 ok, 0 failing), and versions", ["member", "check"],
+                                  registry=r)
+        self.state = Gauge("federation_member_state", "1 for the member's current state",
+                           ["member", "state"], registry=r)
+        self.drained = Gauge("federation_member_drained", "1 while an operator drain is in "
+                             "force", ["member"], registry=r)
+        self.weight = Gauge("federation_member_effective_weight", "Weight used for placement "
+                            "now (after capacity and slow start)", ["member"], registry=r)
+        self.pods = Gauge("federation_member_pods", "Pods the member last reported",
+                          ["member"], registry=r)
+        self.quota = Gauge("federation_member_quota", "Pod quota the member last reported",
+                           ["member"], registry=r)
+        self.redirects = Counter("federation_redirects", "Launch redirects per member and "
+                                 "reason", ["member", "reason"], registry=r)
+        r.register(_RedirectCountCompat(self.redirects))
+        self.no_member = Counter("federation_launches_refused", "Launches answered 503 "
+                                 "because no member could take them", registry=r)
+        self.bad_launch = Counter("federation_bad_launch_paths", "Launch paths refused with "
+                                  "a 4xx", registry=r)
+        self.requests = Histogram("federation_request_duration_seconds", "Time to answer a "
+                                  "request, by route kind", ["route"], buckets=_LATENCY_BUCKETS,
+                                  registry=r)
+        self.proxy_errors = Counter("federation_proxy_errors", "Proxied requests that failed "
+                                    "upstream", ["kind"], registry=r)
+        self.probe_latency = Histogram("federation_probe_duration_seconds", "Duration of a "
+                                       "probe round", ["member"], registry=r)
+        self.probes = Counter("federation_probes", "Probe rounds by outcome",
+                              ["member", "outcome"], registry=r)
+        self.config_generation = Gauge("federation_config_generation", "Config generation in "
+                                       "force (increments on every accepted reload)", registry=r)
+        self.config_reloads = Counter("federation_config_reloads", "Accepted config reloads",
+                                      registry=r)
+        self.config_errors = Counter("federation_config_reload_errors", "Rejected config "
+                                     "reloads (the last good config stayed in force)",
+                                     registry=r)
+        self._members: set[str] = set()
+        self._health_reason: dict[str, str] = {}
+        self._state: dict[str, str] = {}
+        self._checks: dict[str, set[str]] = {}
+        self.route_latency = {kind: self.requests.labels(kind)
+                              for kind in ("launch", "proxy", "other")}
+
+    def redirect_counter(self, member: str, reason: str) -> Counter:
+        """The child counter for one (member, reason); resolve once, then ``inc()``."""
+        return self.redirects.labels(member, reason)
+
+    def sync(self, table: RoutingTable) -> None:
+        """Make member gauges show ``table``; remove series of removed members or old reasons."""
+        names = {m.name for m in table.members}
+        for gone in self._members - names:
+            self._forget(gone)
+        self._members = names
+        for m in table.members:
+            in_rotation = m.status in (MemberStatus.HEALTHY, MemberStatus.FULL)
+            reason = "" if in_rotation else (m.health.reason or m.status.value)
+            if m.status is MemberStatus.DRAINED:
+                reason = "drained"
+            old = self._health_reason.get(m.name)
+            if old is not None and old != reason:
+                self.health.remove(m.name, old)
+            self._health_reason[m.name] = reason
+            self.health.labels(m.name, reason).set(1 if in_rotation else 0)
+            if self._state.get(m.name) not in (None, m.status.value):
+                self.state.remove(m.name, self._state[m.name])
+            self._state[m.name] = m.status.value
+            self.state.labels(m.name, m.status.value).set(1)
+            self.drained.labels(m.name).set(1 if m.drain else 0)
+            self.weight.labels(m.name).set(m.effective_weight)
+            if m.pods is not None:
+                self.pods.labels(m.name).set(m.pods)
+            if m.quota is not None:
+                self.quota.labels(m.name).set(m.quota)
+            self._sync_checks(table, m.name)
+
+    def _sync_checks(self, table: RoutingTable, name: str) -> None:
+        view = table.by_name[name]
+        report = view.health.report
+        checks: dict[str, bool] = {}
+        if report is not None:
+            checks = {c.service: c.ok for c in report.checks}
+        if view.health.versions is not None:
+            checks["versions"] = view.health.reason != "versions"
+        for old in self._checks.get(name, set()) - set(checks):
+            self.health_check.remove(name, old)
+        self._checks[name] = set(checks)
+        for check, ok in checks.items():
+            self.health_check.labels(name, check).set(1 if ok else 0)
+
+    def _forget(self, name: str) -> None:
+        for gauge in (self.drained, self.weight, self.pods, self.quota):
+            try:
+                gauge.remove(name)
+            except KeyError:
+                pass
+        if name in self._health_reason:
+            self.health.remove(name, self._health_reason.pop(name))
+        if name in self._state:
+            self.state.remove(name, self._state.pop(name))
+        for check in self._checks.pop(name, set()):
+            self.health_check.remove(name, check)
+
+    def probed(self, member: str, result: ProbeResult) -> None:
+        """Count one probe round and its duration."""
+        self.probe_latency.labels(member).observe(result.latency)
+        self.probes.labels(member, "ok" if result.reachable else "error").inc()

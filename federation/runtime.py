@@ -1,0 +1,224 @@
+"""The router's live state: the inputs of the routing table and the snapshot built from them.
+
+Config, probe results and drains arrive from their own tasks; each arrival builds a new
+``RoutingTable`` and swaps it in whole. The only state the request path writes is the count of
+launches sent per member since its last probe (for bounded loads) and the recent-launch tally
+for the status page — plain integer increments, no awaits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import structlog
+
+from federation.config import Config
+from federation.drains import Drain, Drains
+from federation.errors import ConfigError
+from federation.health import MemberHealth, ProbeResult, State, advance
+from federation.metrics import Metrics
+from federation.table import MemberStatus, RoutingTable, build_table
+
+__all__ = ["ConfigRejection", "RouterState"]
+
+log = structlog.get_logger("federation.runtime")
+
+RECENT_WINDOW = 600.0  # seconds of launches shown as "share of recent launches"
+_BUCKET = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigRejection:
+    """A config reload that failed validation; the previous config stayed in force."""
+
+    error: ConfigError
+    at: float  # wall-clock seconds
+
+
+class RouterState:
+    """Holds config, health and drains; rebuilds the routing table when any of them changes."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_config: Callable[[Config], None] | None = None,
+    ) -> None:
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.on_config = on_config
+        self.started = clock()
+        self.config = config
+        self.generation = 1
+        self.healths: dict[str, MemberHealth] = {}
+        self.drains: Drains = MappingProxyType({})
+        self.drain_error: ConfigError | None = None
+        self.rejection: ConfigRejection | None = None
+        self.sent: dict[str, int] = {}  # launches sent per member since its last probe
+        self.routable_since: dict[str, float] = {}
+        self.recent: deque[tuple[float, Counter[str]]] = deque()
+        self._ready = False
+        self.table = self._build()
+        self.metrics.config_generation.set(self.generation)
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def apply_config(self, config: Config) -> None:
+        """Put a newly validated config in force; members that stay keep their health."""
+        names = {m.name for m in config.members}
+        old = {m.name for m in self.config.members}
+        for gone in old - names:
+            self.healths.pop(gone, None)
+            self.sent.pop(gone, None)
+            self.routable_since.pop(gone, None)
+        self.config = config
+        self.generation += 1
+        self.rejection = None
+        self.metrics.config_generation.set(self.generation)
+        self.metrics.config_reloads.inc()
+        log.info("config applied", generation=self.generation, source=config.source,
+                 added=sorted(names - old), removed=sorted(old - names))
+        if self.on_config is not None:
+            self.on_config(config)
+        self._swap()
+
+    def reject_config(self, error: ConfigError) -> None:
+        """Record a config that failed validation; the last good one stays in force."""
+        self.rejection = ConfigRejection(error, time.time())
+        self.metrics.config_errors.inc()
+        log.error("config rejected, keeping the last good one", error=str(error),
+                  source=error.source, member=error.member, field=error.field,
+                  generation=self.generation)
+
+    def apply_drains(self, drains: Drains) -> None:
+        """Put the operators' current drains in force."""
+        before = self.drains
+        self.drains = drains
+        self.drain_error = None
+        for name in sorted(set(before) | set(drains)):
+            if name not in drains:
+                log.warning("member undrained", member=name)
+            elif before.get(name) != drains[name]:
+                d = drains[name]
+                log.warning("member drained", member=name, reason=d.reason, by=d.by,
+                            since=d.since)
+        self._swap()
+
+    def reject_drains(self, error: ConfigError) -> None:
+        """A drains document that could not be read: keep the drains in force, say so."""
+        self.drain_error = error
+        log.error("drains document rejected, keeping the drains in force", error=str(error))
+
+    def apply_probe(self, name: str, result: ProbeResult) -> None:
+        """Fold one probe round of ``name`` into its health."""
+        member = self.config.member(name)
+        if member is None:
+            return
+        prev = self.healths.get(name, MemberHealth())
+        prime = self.config.prime
+        prime_versions = result.versions if member.prime else self._prime_versions(prime.name)
+        settings = self.config.health
+        new = advance(prev, result, policy=settings.versions, prime_versions=prime_versions,
+                      failures_to_eject=settings.failures_to_eject,
+                      successes_to_restore=settings.successes_to_restore)
+        self.healths[name] = new
+        self.sent[name] = 0  # the member's own pod count now includes what we sent it
+        self.metrics.probed(name, result)
+        if new.state is not prev.state:
+            event = log.info if new.state is State.HEALTHY else log.warning
+            event("member health changed", member=name, state=new.state.value,
+                  previous=prev.state.value, reason=new.reason or None,
+                  latency_ms=round(result.latency * 1000, 1))
+        if self._visible_change(prev, new):
+            self._swap()
+
+    def _prime_versions(self, prime: str) -> object:
+        health = self.healths.get(prime)
+        return health.versions if health else None
+
+    @staticmethod
+    def _visible_change(prev: MemberHealth, new: MemberHealth) -> bool:
+        return (prev.state is not new.state or prev.reason != new.reason
+                or prev.pod_quota != new.pod_quota or prev.versions != new.versions)
+
+    # -- request path -----------------------------------------------------------------------
+
+    def note_launch(self, member: str) -> None:
+        """Count a launch sent to ``member`` (bounded loads, recent shares)."""
+        self.sent[member] = self.sent.get(member, 0) + 1
+        now = self.clock()
+        recent = self.recent
+        if not recent or now - recent[-1][0] >= _BUCKET:
+            recent.append((now, Counter()))
+            while recent and now - recent[0][0] > RECENT_WINDOW:
+                recent.popleft()
+        recent[-1][1][member] += 1
+
+    def recent_launches(self) -> Mapping[str, int]:
+        """Launches per member over the last ``RECENT_WINDOW`` seconds."""
+        now = self.clock()
+        total: Counter[str] = Counter()
+        for at, counts in self.recent:
+            if now - at <= RECENT_WINDOW:
+                total.update(counts)
+        return total
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Every member probed once, or the start-up timeout passed."""
+        if not self._ready:
+            probed = all(self.healths.get(m.name, MemberHealth()).probes > 0
+                         for m in self.config.members)
+            timed_out = self.clock() - self.started >= self.config.health.startup_timeout
+            self._ready = probed or timed_out
+        return self._ready
+
+    def refresh(self) -> None:
+        """Rebuild the table without a new input (slow start ramps with time)."""
+        self._swap()
+
+    def ramping(self) -> bool:
+        """Whether some member is still in its slow start."""
+        slow = self.config.routing.slow_start
+        now = self.clock()
+        return slow > 0 and any(now - t < slow for t in self.routable_since.values())
+
+    def _swap(self) -> None:
+        was_ready = self._ready
+        previous = self.table
+        self.table = self._build()
+        self._track_entries(previous, was_ready)
+        self.metrics.sync(self.table)
+
+    def _track_entries(self, previous: RoutingTable, was_ready: bool) -> None:
+        """Note when members enter rotation, so slow start ramps them (not at start-up)."""
+        before = {m.name for m in previous.routable}
+        now = self.clock()
+        entered = False
+        for m in self.table.routable:
+            if m.name not in before and was_ready and m.status is MemberStatus.HEALTHY:
+                self.routable_since[m.name] = now
+                entered = True
+        if entered and self.config.routing.slow_start > 0:
+            self.table = self._build()
+
+    def _build(self) -> RoutingTable:
+        now = self.clock()
+        slow = self.config.routing.slow_start
+        for name, t in list(self.routable_since.items()):
+            if now - t >= slow:
+                del self.routable_since[name]
+        return build_table(self.config, self.healths, self._drains_in_force(), now=now,
+                           generation=self.generation, routable_since=self.routable_since,
+                           ready=self.ready)
+
+    def _drains_in_force(self) -> Mapping[str, Drain]:
+        return self.drains

@@ -1,0 +1,160 @@
+"""Shared fixtures: a federation of simulated BinderHub members and a router, on 127.0.0.1.
+
+Everything runs over real loopback sockets on ephemeral ports. Probe intervals are tiny so
+health transitions happen in milliseconds; tests wait for conditions, never for fixed times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import yaml
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient
+from yarl import URL
+
+from federation.app import STATE, create_app
+from federation.config import load_config
+from federation.demo import MemberControls, SimulatedMember
+from federation.drains import FileDrainStore
+from federation.runtime import RouterState
+from federation.sources import FileConfigSource
+
+FAST_HEALTH: dict[str, Any] = {
+    "interval": 0.05,
+    "timeout": 0.5,
+    "jitter": 0.0,
+    "failures_to_eject": 2,
+    "successes_to_restore": 2,
+    "max_backoff": 0.2,
+    "startup_timeout": 3,
+}
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> None:
+    """Each test starts from structlog's defaults (capture_logs works, no stale config)."""
+    structlog.reset_defaults()
+
+
+@dataclass
+class Federation:
+    """A running router with its simulated members."""
+
+    members: dict[str, SimulatedMember]
+    client: TestClient[Any, Any]
+    app: web.Application
+    config_path: Path
+    workdir: Path
+    config_doc: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state(self) -> RouterState:
+        """The router's live state."""
+        return self.app[STATE]
+
+    def member_by_url(self, location: str) -> str:
+        """Which simulated member a redirect Location points at."""
+        for name, sim in self.members.items():
+            if location.startswith(sim.url + "/"):
+                return name
+        raise AssertionError(f"Location {location!r} is not a member URL")
+
+    def raw_url(self, path: str) -> URL:
+        """The router URL for ``path`` exactly as written (no re-quoting by the client)."""
+        return URL(str(self.client.make_url("/")).rstrip("/") + path, encoded=True)
+
+    async def launch(self, path: str, *, method: str = "GET", **headers: str) -> ClientResponse:
+        """Request ``path`` byte for byte, without following redirects; body is read."""
+        response = await self.client.session.request(
+            method, self.raw_url(path), allow_redirects=False, headers=headers)
+        await response.read()
+        return response
+
+    async def wait_for(self, predicate: Callable[[], bool], *, timeout: float = 5.0,
+                       what: str = "condition") -> None:
+        """Poll ``predicate`` until true; fail with ``what`` after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.01)
+
+    async def wait_status(self, name: str, status: str, *, timeout: float = 5.0) -> None:
+        """Wait until member ``name`` shows ``status`` in the routing table."""
+        try:
+            await self.wait_for(lambda: self.state.table.by_name[name].status.value == status,
+                                timeout=timeout)
+        except TimeoutError:
+            view = self.state.table.by_name[name]
+            raise AssertionError(f"{name} stayed {view.status.value} ({view.reason}), "
+                                 f"expected {status}") from None
+
+    def write_config(self, doc: Mapping[str, Any]) -> None:
+        """Replace the config file (the router's watcher picks it up)."""
+        self.config_doc = dict(doc)
+        self.config_path.write_text(yaml.safe_dump(self.config_doc, sort_keys=False))
+
+
+def federation_doc(members: Mapping[str, SimulatedMember], *,
+                   weights: Mapping[str, float] | None = None,
+                   routing: Mapping[str, Any] | None = None,
+                   health: Mapping[str, Any] | None = None,
+                   prime: str | None = None) -> dict[str, Any]:
+    """A config document for running simulated members (the first is prime by default)."""
+    names = list(members)
+    prime = prime or names[0]
+    return {
+        "routing": {"slow_start": 0, **(routing or {})},
+        "health": {**FAST_HEALTH, **(health or {})},
+        "drains": {"file": "drains.yaml"},
+        "members": [
+            {"name": n, "url": members[n].url, "weight": (weights or {}).get(n, 10),
+             "prime": n == prime}
+            for n in names
+        ],
+    }
+
+
+StartFederation = Callable[..., Awaitable[Federation]]
+
+
+@pytest.fixture
+async def start_federation(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]], tmp_path: Path
+) -> AsyncIterator[StartFederation]:
+    """Factory: ``await start_federation(["a", "b"], weights=..., routing=...)``.
+
+    Starts the simulated members, writes a config with fast probes, starts the router and
+    waits until every member has been probed once. Stops everything at the end of the test.
+    """
+    sims: list[SimulatedMember] = []
+
+    async def start(names: list[str] | Mapping[str, MemberControls] = ("a", "b", "c"),
+                    *, wait_ready: bool = True, **doc_options: Any) -> Federation:
+        controls = names if isinstance(names, Mapping) else {n: MemberControls() for n in names}
+        members = {n: SimulatedMember(n, c) for n, c in controls.items()}
+        for sim in members.values():
+            sims.append(sim)
+            await sim.start()
+        doc = federation_doc(members, **doc_options)
+        config_path = tmp_path / "config.yaml"
+        config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        app = create_app(
+            load_config(config_path),
+            config_source=FileConfigSource(config_path, poll_interval=0.05),
+            drain_source=FileDrainStore(tmp_path / "drains.yaml", poll_interval=0.05),
+        )
+        client = await aiohttp_client(app)
+        fed = Federation(members, client, app, config_path, tmp_path, doc)
+        if wait_ready:
+            await fed.wait_for(lambda: fed.state.ready, what="router ready")
+        return fed
+
+    yield start
+    for sim in sims:
+        await sim.stop()
