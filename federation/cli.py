@@ -239,3 +239,11 @@ def _check_drain(config: Config, drained: set[str], member: str, *, force: bool)
                  f"launches will go to the prime {prime.name} whatever its health")
         raise DrainError(member, f"{member} is the last member taking launches; after this "
                          f"{after}. Repeat with --force if that is what you want")
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of the config format (kept in config/schema.json)."""
+    from federation.config import config_json_schema
+
+    click.echo(json.dumps(config_json_schema(), indent=2, sort_keys=True))

@@ -78,13 +78,22 @@ class HealthReport:
 
     @property
     def failing(self) -> tuple[str, ...]:
-        """Names of failing checks that count (not ``_ignore_failure``)."""
-        return tuple(c.service for c in self.checks if not c.ok and not c.ignore_failure)
+        """Names of failing checks that make a member sick, in BinderHub's order.
+
+        ``Pod quota`` never does, even from a BinderHub that forgets ``_ignore_failure``:
+        a member over quota is full, and the routing table keeps it out without ejecting it.
+        """
+        return tuple(c.service for c in self.checks
+                     if not c.ok and not c.ignore_failure and c.service != POD_QUOTA)
 
 
 @dataclass(frozen=True, slots=True)
 class Versions:
-    """A parsed /versions answer; ``raw`` keeps the whole object for the ``exact`` policy."""
+    """A parsed /versions answer; ``raw`` keeps the whole object for the status page.
+
+    Equality is on the whole object so any change shows up in the status page; the version
+    policies compare only the fields that matter (``versions_match``).
+    """
 
     binderhub: str
     builder: str
@@ -203,6 +212,9 @@ def _json_object(body: bytes, what: str) -> Mapping[str, Any]:
 def versions_match(policy: VersionPolicy, member: Versions | None, prime: Versions | None) -> bool:
     """Whether a member's versions are close enough to the prime's under ``policy``.
 
+    ``exact`` wants the same BinderHub and builder image, ``binderhub`` only the same BinderHub.
+    Other keys of the JSON (extra ``builder_info`` fields, key order) never count: judging the
+    whole object is how today's redirector ejects members over differences nobody cares about.
     Until the prime's versions are known any member passes, so members can be admitted at
     start-up before the prime answers (as today's redirector does).
     """
@@ -212,7 +224,7 @@ def versions_match(policy: VersionPolicy, member: Versions | None, prime: Versio
         return False
     if policy is VersionPolicy.BINDERHUB:
         return member.binderhub == prime.binderhub
-    return member == prime
+    return (member.binderhub, member.builder) == (prime.binderhub, prime.builder)
 
 
 def verdict(
@@ -224,8 +236,8 @@ def verdict(
     failing = result.health.failing
     if failing:
         return failing[0]
-    if not result.health.ok:
-        return "unhealthy"
+    if not result.health.ok and all(c.ok for c in result.health.checks):
+        return "unhealthy"  # not ok, yet no check says why
     if not versions_match(policy, result.versions, prime_versions):
         return "versions"
     return None

@@ -25,7 +25,7 @@ import json
 import os
 import random
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -45,6 +45,7 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.config import ConfigException
 
 __all__ = [
+    "RECONNECT_BACKOFF",
     "ConfigMapRef",
     "InvalidConfigMapRef",
     "KubeAPIError",
@@ -62,7 +63,7 @@ __all__ = [
 
 log = structlog.get_logger("federation.kube")
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 RECONNECT_BACKOFF: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
 """Seconds between failed watch attempts; the last delay repeats for as long as it takes."""
@@ -161,7 +162,7 @@ def _json_or_text(text: str) -> Any:
         return text
 
 
-async def _call(operation: str, request: Awaitable[T], *, timeout: float) -> T:
+async def _call(operation: str, request: Awaitable[_T], *, timeout: float) -> _T:
     """Await one API request, translating the library's failures into this module's errors."""
     try:
         async with asyncio.timeout(timeout):
@@ -274,9 +275,10 @@ async def _watch_events(
 ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
     """One watch request: yields (type, object) until the server ends the stream cleanly.
 
-    kubernetes_asyncio's `Watch` is not used: it reconnects silently, retries a 410 with the
-    same stale resourceVersion, and surfaces errors as bare Exception. The raw stream is
-    newline-delimited JSON, which is simple to read here with a timeout on every line.
+    kubernetes_asyncio's `Watch` is not used: it reconnects silently behind our back, retries
+    a 410 once with the same stale resourceVersion (which fails again), raises a bare
+    Exception for a malformed line, and opens a session of its own. The raw stream is
+    newline-delimited JSON, simple to read here with a timeout on every line.
     """
     operation = f"watch {ref} from resourceVersion {resource_version}"
     # With _preload_content=False the call returns the raw aiohttp response, unchecked,
@@ -332,7 +334,7 @@ async def watch_configmap(
     backoff: Sequence[float] = RECONNECT_BACKOFF,
     inactivity_timeout: float = 120.0,
     server_timeout: int = 600,
-) -> AsyncIterator[str | None]:
+) -> AsyncGenerator[str | None, None]:
     """Yield the text under `ref.key` now and after every change; None while it is missing.
 
     Lists once, then watches from the list's resourceVersion, tracking the newest one from
@@ -340,7 +342,9 @@ async def watch_configmap(
     change. A 410 means that version is gone from the server's history: list again. Any other
     failure reconnects after the next `backoff` delay, forever. A real API server sends a
     bookmark about once a minute, so a stream silent for `inactivity_timeout` is presumed
-    hung and replaced. The caller should `aclose()` the iterator to release the connection.
+    hung and replaced (the list request has the same limit). Nothing is read while the
+    caller holds a value; the watch resumes where it was. The caller should `aclose()` the
+    iterator to release the connection.
     """
     core = CoreV1Api(api)
     resource_version: str | None = None
@@ -410,7 +414,8 @@ async def update_configmap_key(
     The patch carries the resourceVersion that was read, so a concurrent write makes it fail
     with 409 instead of being overwritten; then the ConfigMap is read again and `mutate` runs
     again on the fresh text. `mutate` must therefore be a pure function of its input. After
-    `attempts` conflicts in a row, ResourceConflict is raised. Returns the text written.
+    `attempts` conflicts in a row, ResourceConflict is raised. Returns the new text; nothing
+    is written when `mutate` returns the text unchanged.
     """
     core = CoreV1Api(api)
     attempt = 1

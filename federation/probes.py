@@ -15,19 +15,29 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 import structlog
 
 from federation.config import HealthSettings, Member
 from federation.errors import ProbeError
-from federation.health import HealthReport, ProbeResult, Versions, parse_health, parse_versions
+from federation.health import (
+    HealthReport,
+    MemberHealth,
+    ProbeResult,
+    State,
+    Versions,
+    parse_health,
+    parse_versions,
+)
 
-__all__ = ["Prober", "next_delay", "probe_member"]
+__all__ = ["Prober", "next_delay", "probe_delay", "probe_member"]
 
 log = structlog.get_logger("federation.probes")
 
 ResultCallback = Callable[[str, ProbeResult], None]
+_Parsed = TypeVar("_Parsed", HealthReport, Versions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,16 +49,53 @@ class _Target:
 async def _fetch(
     session: aiohttp.ClientSession, url: str, *, limit: int, timeout: float
 ) -> tuple[int, bytes]:
-    async with session.get(
-        url,
-        timeout=aiohttp.ClientTimeout(total=timeout),
-        allow_redirects=False,
-        headers={"Accept": "application/json"},
+    """GET ``url`` and read at most ``limit`` bytes of body, all under ``timeout``."""
+    async with asyncio.timeout(timeout), session.get(
+        url, allow_redirects=False, headers={"Accept": "application/json"}
     ) as resp:
-        body = await resp.content.read(limit + 1)
-        if len(body) > limit:
-            raise ProbeError("answer too large", f"{url} sent more than {limit} bytes")
-        return resp.status, body
+        length = resp.content_length
+        if length is not None and length > limit:
+            raise ProbeError("answer too large", f"{url} announced {length} bytes")
+        body = bytearray()
+        # read(n) returns whatever has arrived, so loop until the end or past the cap
+        while chunk := await resp.content.read(limit + 1 - len(body)):
+            body += chunk
+            if len(body) > limit:
+                raise ProbeError("answer too large", f"{url} sent more than {limit} bytes")
+        return resp.status, bytes(body)
+
+
+async def _answer(
+    session: aiohttp.ClientSession,
+    url: str,
+    parse: Callable[[int, bytes], _Parsed],
+    settings: HealthSettings,
+) -> _Parsed:
+    """One endpoint fetched and parsed; every way it can go wrong is a ``ProbeError``."""
+    timeout = settings.timeout
+    try:
+        status, body = await _fetch(session, url, limit=settings.max_body_bytes,
+                                    timeout=timeout)
+    except TimeoutError:
+        raise ProbeError(f"timeout after {timeout:g}s", url) from None
+    except aiohttp.ClientConnectorError as e:
+        raise ProbeError("unreachable", str(e)) from None
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, OSError) as e:
+        raise ProbeError("connection closed", f"{url}: {type(e).__name__}") from None
+    except aiohttp.ClientError as e:
+        raise ProbeError(f"bad answer ({type(e).__name__})", url) from None
+    return parse(status, body)
+
+
+def _failure(outcome: object, member: Member, what: str) -> str | None:
+    """The reason a fetch failed, or None if it produced an answer."""
+    if isinstance(outcome, ProbeError):
+        return outcome.reason
+    if isinstance(outcome, BaseException):  # a bug, not the member: say so, keep probing
+        log.error("probe failed unexpectedly", member=member.name, endpoint=what,
+                  exc_info=outcome)
+        return f"probe failed ({type(outcome).__name__})"
+    return None
 
 
 async def probe_member(
@@ -58,38 +105,54 @@ async def probe_member(
     *,
     clock: Callable[[], float] = time.monotonic,
 ) -> ProbeResult:
-    """One probe round of ``member``: never raises, failures become ``ProbeResult.error``."""
+    """One probe round of ``member``: never raises, failures become ``ProbeResult.error``.
+
+    /health and /versions are fetched in parallel and judged apart, so /versions is kept
+    even when /health fails — the prime's versions must stay current while it is sick.
+    """
     started = clock()
-    limit, timeout = settings.max_body_bytes, settings.timeout
-    health: HealthReport | None = None
-    versions: Versions | None = None
-    error: str | None = None
-    try:
-        async with asyncio.timeout(timeout):
-            (h_status, h_body), (v_status, v_body) = await asyncio.gather(
-                _fetch(session, member.health_url, limit=limit, timeout=timeout),
-                _fetch(session, member.versions_url, limit=limit, timeout=timeout),
-            )
-        health = parse_health(h_status, h_body)
-        versions = parse_versions(v_status, v_body)
-    except ProbeError as e:
-        error = e.reason
-    except TimeoutError:
-        error = f"timeout after {timeout:g}s"
-    except aiohttp.ClientConnectorError:
-        error = "unreachable"
-    except (aiohttp.ClientError, OSError) as e:
-        error = f"connection error ({type(e).__name__})"
-    return ProbeResult(at=started, latency=clock() - started, health=health, versions=versions,
-                       error=error)
+    health, versions = await asyncio.gather(
+        _answer(session, member.health_url, parse_health, settings),
+        _answer(session, member.versions_url, parse_versions, settings),
+        return_exceptions=True,
+    )
+    health_error = _failure(health, member, "health")
+    versions_error = _failure(versions, member, "versions")
+    error = health_error or (versions_error and f"/versions: {versions_error}")
+    return ProbeResult(
+        at=started,
+        latency=clock() - started,
+        health=health if isinstance(health, HealthReport) else None,
+        versions=versions if isinstance(versions, Versions) else None,
+        error=error,
+    )
 
 
 def next_delay(settings: HealthSettings, *, failures: int, healthy: bool, rng: random.Random) -> float:
-    """Seconds to the next round: the interval with jitter, or capped backoff while failing."""
+    """Seconds to the next round: the interval with jitter, or capped backoff while failing.
+
+    Backoff starts once the member is out: the round after ejection comes one interval later,
+    then two, four, … up to ``max_backoff``. Jitter spreads rounds by ±``jitter``/2.
+    """
     base = settings.interval
     if not healthy and failures > 0:
-        base = min(settings.max_backoff, settings.interval * 2 ** (failures - 1))
+        doublings = max(0, failures - settings.failures_to_eject)
+        base = min(settings.max_backoff, settings.interval * 2.0 ** min(doublings, 32))
     return base * (1 + settings.jitter * (0.5 - rng.random()))
+
+
+def probe_delay(health: MemberHealth | None, settings: HealthSettings, rng: random.Random) -> float:
+    """Seconds until a member in ``health`` is probed again.
+
+    Only an unhealthy member whose last round failed backs off. Once a round passes, the
+    next ones come every interval, so a member is restored ``successes_to_restore − 1``
+    intervals after the first round that sees it back — at worst ``max_backoff`` plus that
+    after it really recovered.
+    """
+    if health is None:
+        return next_delay(settings, failures=0, healthy=True, rng=rng)
+    return next_delay(settings, failures=health.failures,
+                      healthy=health.state is not State.UNHEALTHY, rng=rng)
 
 
 class Prober:

@@ -17,6 +17,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 __all__ = ["HOP_BY_HOP", "ProxyError", "forward"]
 
@@ -67,7 +68,7 @@ async def forward(
     timeout: aiohttp.ClientTimeout,
 ) -> web.StreamResponse:
     """Send ``request`` to ``upstream_base`` + its raw path and stream the answer back."""
-    url = upstream_base + request.raw_path
+    url = URL(upstream_base + request.raw_path, encoded=True)  # never re-quote the path
     public_origin = f"{request.scheme}://{request.host}"
     body = request.content if request.body_exists else None
     try:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import structlog
 import yaml
-from aiohttp import ClientResponse, web
+from aiohttp import ClientResponse, ClientSession, DummyCookieJar, web
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
@@ -53,6 +53,12 @@ class Federation:
     config_path: Path
     workdir: Path
     config_doc: dict[str, Any] = field(default_factory=dict)
+    _session: ClientSession | None = None
+
+    async def close(self) -> None:
+        """Close the cookie-less client session, if one was opened."""
+        if self._session is not None:
+            await self._session.close()
 
     @property
     def state(self) -> RouterState:
@@ -71,8 +77,13 @@ class Federation:
         return URL(str(self.client.make_url("/")).rstrip("/") + path, encoded=True)
 
     async def launch(self, path: str, *, method: str = "GET", **headers: str) -> ClientResponse:
-        """Request ``path`` byte for byte, without following redirects; body is read."""
-        response = await self.client.session.request(
+        """Request ``path`` byte for byte, without following redirects; body is read.
+
+        No cookie jar: each call sends exactly the cookies given in ``headers``.
+        """
+        if self._session is None:
+            self._session = ClientSession(cookie_jar=DummyCookieJar())
+        response = await self._session.request(
             method, self.raw_url(path), allow_redirects=False, headers=headers)
         await response.read()
         return response
@@ -133,6 +144,7 @@ async def start_federation(
     waits until every member has been probed once. Stops everything at the end of the test.
     """
     sims: list[SimulatedMember] = []
+    federations: list[Federation] = []
 
     async def start(names: list[str] | Mapping[str, MemberControls] = ("a", "b", "c"),
                     *, wait_ready: bool = True, **doc_options: Any) -> Federation:
@@ -151,10 +163,13 @@ async def start_federation(
         )
         client = await aiohttp_client(app)
         fed = Federation(members, client, app, config_path, tmp_path, doc)
+        federations.append(fed)
         if wait_ready:
             await fed.wait_for(lambda: fed.state.ready, what="router ready")
         return fed
 
     yield start
+    for fed in federations:
+        await fed.close()
     for sim in sims:
         await sim.stop()

@@ -7,8 +7,9 @@ etcd-like resourceVersion, watch streams as chunked JSON lines with bookmarks, a
 event history whose expiry is reported as an ERROR event inside a 200 stream.
 
 Test controls break the server on purpose: cut or freeze open watches, compact the history,
-inject conflicts. Deliberate simplifications: lists ignore `resourceVersion` and paging (they
-always serve the latest state), and watching from a future resourceVersion just waits.
+inject conflicts. Deliberate simplifications: lists ignore `resourceVersion`, `labelSelector`
+and paging (they always serve the latest state), watching from a future resourceVersion just
+waits, and JSON patch and server-side apply are refused with 415.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ _SELECTOR_TERM = re.compile(r"^([A-Za-z.]+)(==|=)(.*)$")
 _TRUE_WORDS = frozenset({"1", "t", "T", "true", "True", "TRUE"})
 
 
-class KubeStatusError(Exception):
+class _StatusError(Exception):
     """A request the real API server would refuse; the middleware renders it as a Status."""
 
     def __init__(
@@ -75,8 +76,8 @@ def _status(code: int, reason: str, message: str, *, details: JSON | None = None
     return status
 
 
-def _not_found(name: str) -> KubeStatusError:
-    return KubeStatusError(
+def _not_found(name: str) -> _StatusError:
+    return _StatusError(
         404,
         "NotFound",
         f'configmaps "{name}" not found',
@@ -84,9 +85,9 @@ def _not_found(name: str) -> KubeStatusError:
     )
 
 
-def _conflict(name: str) -> KubeStatusError:
+def _conflict(name: str) -> _StatusError:
     # The exact wording client-go users grep their logs for.
-    return KubeStatusError(
+    return _StatusError(
         409,
         "Conflict",
         f'Operation cannot be fulfilled on configmaps "{name}": the object has been modified; '
@@ -114,10 +115,10 @@ def _field_selector(text: str) -> dict[str, str]:
     for term in filter(None, text.split(",")):
         match = _SELECTOR_TERM.match(term)
         if match is None:
-            raise KubeStatusError(400, "BadRequest", f"invalid field selector: {term!r}")
+            raise _StatusError(400, "BadRequest", f"invalid field selector: {term!r}")
         name, _, value = match.groups()
         if name not in _SELECTABLE_FIELDS:
-            raise KubeStatusError(400, "BadRequest", f'field label not supported: "{name}"')
+            raise _StatusError(400, "BadRequest", f'field label not supported: "{name}"')
         wanted[name] = value
     return wanted
 
@@ -236,7 +237,7 @@ class FakeKubeAPI:
         path.write_text(yaml.safe_dump(kubeconfig))
         return path
 
-    def close_watches(self) -> None:
+    def _close_watches(self) -> None:
         """End every open watch stream cleanly, so the server can shut down at once."""
         self._signal_watches(_Signal.CLOSE)
 
@@ -326,14 +327,14 @@ class FakeKubeAPI:
         """Authenticate like the API server, and render refusals as Status objects."""
         try:
             if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-                raise KubeStatusError(401, "Unauthorized", "Unauthorized")
+                raise _StatusError(401, "Unauthorized", "Unauthorized")
             return await handler(request)
-        except KubeStatusError as e:
+        except _StatusError as e:
             body = _status(e.code, e.reason, e.message, details=e.details)
             return web.json_response(body, status=e.code)
 
     async def _unknown(self, request: web.Request) -> web.Response:
-        raise KubeStatusError(404, "NotFound", "the server could not find the requested resource")
+        raise _StatusError(404, "NotFound", "the server could not find the requested resource")
 
     async def _list_or_watch(self, request: web.Request) -> web.StreamResponse:
         namespace = request.match_info["namespace"]
@@ -367,16 +368,16 @@ class FakeKubeAPI:
         meta = body.get("metadata") or {}
         name = meta.get("name")
         if not name:
-            raise KubeStatusError(422, "Invalid", "metadata.name: Required value: name is required")
+            raise _StatusError(422, "Invalid", "metadata.name: Required value: name is required")
         if meta.get("namespace", namespace) != namespace:
-            raise KubeStatusError(
+            raise _StatusError(
                 400,
                 "BadRequest",
                 "the namespace of the provided object does not match the namespace sent on "
                 "the request",
             )
         if (namespace, name) in self._objects:
-            raise KubeStatusError(
+            raise _StatusError(
                 409,
                 "AlreadyExists",
                 f'configmaps "{name}" already exists',
@@ -392,7 +393,7 @@ class FakeKubeAPI:
         namespace, name = request.match_info["namespace"], request.match_info["name"]
         body = await _json_body(request)
         if (body.get("metadata") or {}).get("name") != name:
-            raise KubeStatusError(
+            raise _StatusError(
                 400, "BadRequest", "the name of the object does not match the name on the URL"
             )
         current = self._existing(namespace, name)
@@ -402,7 +403,7 @@ class FakeKubeAPI:
     async def _patch(self, request: web.Request) -> web.Response:
         self.requests["patch"] += 1
         if request.content_type not in _MERGE_PATCH_TYPES:
-            raise KubeStatusError(
+            raise _StatusError(
                 415,
                 "UnsupportedMediaType",
                 f"the body of the request was in an unknown format - accepted media types "
@@ -441,7 +442,7 @@ class FakeKubeAPI:
         query = request.query
         since = query.get("resourceVersion", "")
         if since and not since.isdigit():
-            raise KubeStatusError(400, "BadRequest", f"invalid resource version: {since!r}")
+            raise _StatusError(400, "BadRequest", f"invalid resource version: {since!r}")
         watch = _Watch(namespace, wanted)
         expired = bool(since) and int(since) < self._oldest_rv
         # Snapshot and subscribe in one step, with no await between, so no event is lost.
@@ -538,9 +539,9 @@ async def _json_body(request: web.Request) -> JSON:
     try:
         body = await request.json()
     except ValueError as e:
-        raise KubeStatusError(400, "BadRequest", f"invalid JSON body: {e}") from e
+        raise _StatusError(400, "BadRequest", f"invalid JSON body: {e}") from e
     if not isinstance(body, dict):
-        raise KubeStatusError(400, "BadRequest", "the request body must be a JSON object")
+        raise _StatusError(400, "BadRequest", "the request body must be a JSON object")
     return body
 
 
@@ -552,7 +553,7 @@ def _validate(obj: JSON) -> None:
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in data.items()
     ):
-        raise KubeStatusError(422, "Invalid", "data: Invalid value: must map strings to strings")
+        raise _StatusError(422, "Invalid", "data: Invalid value: must map strings to strings")
 
 
 @contextlib.asynccontextmanager
@@ -570,5 +571,5 @@ async def running_kube_api(
         api.url = f"http://{host}:{port}"
         yield api
     finally:
-        api.close_watches()
+        api._close_watches()
         await runner.cleanup()

@@ -7,13 +7,19 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
 import structlog
 import yaml
-from kubernetes_asyncio.client import ApiClient, ApiException, CoreV1Api, V1ConfigMap
+from kubernetes_asyncio.client import (
+    ApiClient,
+    ApiException,
+    CoreV1Api,
+    V1ConfigMap,
+    V1ObjectMeta,
+)
 
 from federation import kube
 from federation.kube import (
@@ -57,7 +63,7 @@ async def until(predicate: Callable[[], bool]) -> None:
 async def following(
     api: ApiClient, ref: ConfigMapRef, **options: Any
 ) -> AsyncIterator[asyncio.Queue[str | None]]:
-    """Consume watch_configmap in a task, as the router does, so the watch runs between reads.
+    """Consume watch_configmap in a task, as a router task would, so the watch runs meanwhile.
 
     An async generator only works while someone waits on it; a test that waited for the
     watch to open before asking for the next value would wait forever.
@@ -105,6 +111,18 @@ class TestConnect:
         async with await connect() as client:
             cm = await CoreV1Api(client).read_namespaced_config_map("federation", "binder")
         assert cm.data == {"federation.yaml": "a: 1\n"}
+
+    async def test_pod_environment_uses_the_service_account(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Inside a pod, with no kubeconfig given, the service account is used (here: absent)."""
+        if Path("/var/run/secrets/kubernetes.io/serviceaccount/token").exists():
+            pytest.skip("running in a real pod")
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
+        with pytest.raises(KubeConfigError) as caught:
+            await connect()
+        assert caught.value.source == "in-cluster service account"
 
     async def test_missing_kubeconfig_is_a_config_error(self, tmp_path: Path) -> None:
         """A kubeconfig path that does not exist is reported as KubeConfigError naming it."""
@@ -330,8 +348,9 @@ class TestUpdateConfigMapKey:
         assert caught.value.status == 409
         assert "after 3 attempts" in caught.value.message
         assert server.requests["patch"] == 3
-        assert server.get("binder", "federation") is not None
-        assert server.get("binder", "federation")["data"] == {"federation.yaml": "{}\n"}
+        stored = server.get("binder", "federation")
+        assert stored is not None
+        assert stored["data"] == {"federation.yaml": "{}\n"}
 
 
 class TestFakeKubeAPI:
@@ -354,17 +373,16 @@ class TestFakeKubeAPI:
         created = server.apply("binder", "federation", {"k": "1"})
         server.apply("binder", "federation", {"k": "2"})
         stale = V1ConfigMap(
-            metadata={
-                "name": "federation",
-                "resourceVersion": created["metadata"]["resourceVersion"],
-            },
+            metadata=V1ObjectMeta(
+                name="federation", resource_version=created["metadata"]["resourceVersion"]
+            ),
             data={"k": "3"},
         )
         core = CoreV1Api(api)
         with pytest.raises(ApiException) as caught:
             await core.replace_namespaced_config_map("federation", "binder", stale)
         assert caught.value.status == 409
-        stale.metadata["resourceVersion"] = server.resource_version
+        stale.metadata.resource_version = server.resource_version
         replaced = await core.replace_namespaced_config_map("federation", "binder", stale)
         assert replaced.data == {"k": "3"}
 
@@ -374,9 +392,10 @@ class TestFakeKubeAPI:
         """Without a resourceVersion the stream starts with the current state, and
         timeoutSeconds ends it cleanly."""
         server.apply("binder", "federation", {"k": "1"})
-        response = await CoreV1Api(api).list_namespaced_config_map(
+        raw = await CoreV1Api(api).list_namespaced_config_map(
             "binder", watch=True, timeout_seconds=1, _preload_content=False
         )
+        response = cast(aiohttp.ClientResponse, raw)  # what _preload_content=False returns
         try:
             lines = [line async for line in response.content]
         finally:
