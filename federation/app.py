@@ -11,26 +11,26 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import aiohttp
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from federation.config import Config, load_config_text
+from federation.config import Config, HealthSettings, load_config_text
 from federation.drains import parse_drains
 from federation.errors import ConfigError, LaunchPathError
-from federation.health import State
 from federation.launch import parse_launch
 from federation.metrics import Metrics
-from federation.probes import Prober, next_delay
-from federation.proxy import ProxyError, forward
+from federation.probes import Prober, probe_delay
+from federation.proxy import ProxyError, forward, request_target
 from federation.runtime import RouterState
 from federation.sources import ConfigSource
-from federation.status import active_hosts, status_document
+from federation.status import active_hosts, prefers_html, render_status_html, status_document
 
 __all__ = [
     "LIVE_PATH",
@@ -59,9 +59,6 @@ _CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Headers": "cache-control",
 }
-_PROXY_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_connect=5, sock_read=30)
-
-
 class DrainSource(Protocol):
     """Anything that yields the drains document's text now and on every change."""
 
@@ -103,6 +100,7 @@ class _Launcher:
         self.metrics = state.metrics
         self._counters: dict[tuple[str, str], Callable[[], None]] = {}
         self._latency = state.metrics.route_latency["launch"]
+        self._cookie_heads: dict[tuple[str, float], str] = {}
 
     def _count(self, member: str, reason: str) -> None:
         inc = self._counters.get((member, reason))
@@ -123,7 +121,7 @@ class _Launcher:
             return web.Response(status=204, headers={
                 **_CORS, "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
                 "Access-Control-Max-Age": "86400"})
-        raw = request.raw_path
+        raw = request_target(request)
         try:
             launch = parse_launch(raw)
         except LaunchPathError as e:
@@ -131,8 +129,9 @@ class _Launcher:
             return _refusal(request, e.status, e.reason)
         state = self.state
         table = state.table
-        decision = table.route(launch, cookie=request.cookies.get("host"), loads=state.sent,
-                               rng=self.rng)
+        # Parsing cookies costs more than the routing; launches without any are the norm.
+        cookie = request.cookies.get("host") if hdrs.COOKIE in request.headers else None
+        decision = table.route(launch, cookie=cookie, loads=state.sent, rng=self.rng)
         if decision is None:
             self.metrics.no_member.inc()
             return _refusal(request, 503, "No member of the federation can take launches right "
@@ -144,18 +143,28 @@ class _Launcher:
         hours = table.config.routing.sticky_cookie_hours
         cookie_path = launch.cookie_path
         if hours > 0 and launch.kind == "build" and _cookie_safe(cookie_path):
-            headers["Set-Cookie"] = (f'host="{member.url}"; Max-Age={int(hours * 3600)}; '
-                                     f"Path={cookie_path}")
-        rate = table.config.routing.access_log
+            headers["Set-Cookie"] = self._cookie_head(member.url, hours) + cookie_path
+        rate = table.config.logging.access_log
         if rate > 0 and self.rng.random() < rate:
             access_log.info("launch", key=launch.key, member=member.name,
                             reason=decision.reason)
         return web.Response(status=307, headers=headers)
 
+    def _cookie_head(self, url: str, hours: float) -> str:
+        """The ``Set-Cookie`` value up to its Path, formatted once per member and max age."""
+        head = self._cookie_heads.get((url, hours))
+        if head is None:
+            head = self._cookie_heads[(url, hours)] = (
+                f'host="{url}"; Max-Age={int(hours * 3600)}; Path=')
+        return head
+
+
+_COOKIE_UNSAFE = re.compile(r'[;," \\]')
+
 
 def _cookie_safe(path: str) -> bool:
     """A cookie Path must not carry attribute separators or quotes from the request."""
-    return not any(c in path for c in ';," \\')
+    return _COOKIE_UNSAFE.search(path) is None
 
 
 async def _proxy(request: web.Request) -> web.StreamResponse:
@@ -164,9 +173,11 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     try:
         return await forward(request, request.app[_PROXY_SESSION], ui.url,
-                             timeout=_PROXY_TIMEOUT)
+                             limits=state.table.config.limits)
     except ProxyError as e:
         state.metrics.proxy_errors.labels(e.kind).inc()
+        if e.status < 500:  # the client's body was refused: its problem, not an incident
+            return _refusal(request, e.status, f"{e.reason}.")
         log.warning("proxy to the UI member failed", member=ui.name, kind=e.kind,
                     path=request.path[:200])
         if e.response is not None:
@@ -187,9 +198,24 @@ async def _ready(request: web.Request) -> web.Response:
     return web.Response(status=503, text="starting: waiting for the first probe of every member\n")
 
 
+_STATUS_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    # Defence in depth behind the template's escaping: the page needs no script at all.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Vary": "Accept",
+}
+
+
 async def _status(request: web.Request) -> web.Response:
+    """The on-call page for browsers; JSON for everyone else (``federation status``, scripts)."""
     document = status_document(request.app[STATE])
-    return web.json_response(document, dumps=lambda d: json.dumps(d, indent=1))
+    if prefers_html(request.headers.get("Accept", "")):
+        return web.Response(text=render_status_html(document), content_type="text/html",
+                            headers=_STATUS_PAGE_HEADERS)
+    return web.json_response(document, dumps=lambda d: json.dumps(d, indent=1),
+                             headers={"Cache-Control": "no-store", "Vary": "Accept"})
 
 
 async def _active_hosts(request: web.Request) -> web.Response:
@@ -199,6 +225,20 @@ async def _active_hosts(request: web.Request) -> web.Response:
 async def _metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[STATE].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _timed_other(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Time one of the router's own endpoints under the route kind ``other``."""
+    async def timed(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            return await handler(request)
+        finally:
+            request.app[STATE].metrics.route_latency["other"].observe(
+                time.perf_counter() - started)
+
+    return timed
 
 
 async def _guard(name: str, work: Callable[[], Awaitable[None]]) -> None:
@@ -223,7 +263,13 @@ def create_app(
     metrics: Metrics | None = None,
 ) -> web.Application:
     """The router for ``config``; sources, when given, are watched for live changes."""
-    app = web.Application(client_max_size=1024 * 1024)
+    limits = config.limits
+    # Per-connection limits of aiohttp's server; they bind whichever runner serves the app.
+    # keepalive_timeout also closes a connection that has not sent a whole request head in
+    # that time (aiohttp arms it at connect), which is what stops slowloris clients.
+    app = web.Application(client_max_size=limits.max_body_bytes, handler_args={
+        "max_line_size": limits.max_request_line, "max_field_size": limits.max_header_size,
+        "max_headers": limits.max_headers, "keepalive_timeout": limits.client_timeout})
     state = RouterState(config, metrics=metrics)
     app[STATE] = state
     launcher = _Launcher(state, rng or random.Random())
@@ -235,11 +281,9 @@ def create_app(
 
     app.router.add_route("*", "/build/{spec:.*}", launcher.handle)
     app.router.add_route("*", "/v2/{spec:.*}", v2)
-    app.router.add_get(LIVE_PATH, _live)
-    app.router.add_get(READY_PATH, _ready)
-    app.router.add_get(STATUS_PATH, _status)
-    app.router.add_get(ACTIVE_HOSTS_PATH, _active_hosts)
-    app.router.add_get(METRICS_PATH, _metrics)
+    for path, handler in ((LIVE_PATH, _live), (READY_PATH, _ready), (STATUS_PATH, _status),
+                          (ACTIVE_HOSTS_PATH, _active_hosts), (METRICS_PATH, _metrics)):
+        app.router.add_get(path, _timed_other(handler))
     app.router.add_route("*", "/{tail:.*}", _proxy)
     app.cleanup_ctx.append(_lifetime(config_source, drain_source))
     return app
@@ -258,13 +302,10 @@ def _lifetime(
             cookie_jar=aiohttp.DummyCookieJar())
         app[_PROBE_SESSION], app[_PROXY_SESSION] = probe_session, proxy_session
 
-        def delay_for(name: str, settings: object) -> float:
-            health = state.healths.get(name)
-            healthy = health is None or health.state is not State.UNHEALTHY
-            if health is not None and health.successes > 0:
-                healthy = True  # recovering: confirm at the normal pace
-            return next_delay(state.config.health, failures=health.failures if health else 0,
-                              healthy=healthy, rng=random.Random())
+        jitter_rng = random.Random()
+
+        def delay_for(name: str, settings: HealthSettings) -> float:
+            return probe_delay(state.healths.get(name), settings, jitter_rng)
 
         prober = Prober(probe_session, state.apply_probe, delay_for)
         state.on_config = lambda c: prober.reconcile(c.members, c.health)

@@ -30,8 +30,10 @@ from federation.errors import ConfigError
 __all__ = [
     "Config",
     "DrainsSource",
-    "HealthSettings",
     "Headroom",
+    "HealthSettings",
+    "Limits",
+    "Logging",
     "Member",
     "MemberKind",
     "Routing",
@@ -96,7 +98,7 @@ class Headroom:
 
     def pods_for(self, quota: int) -> int:
         """Headroom in pods for a member whose quota is ``quota``."""
-        return max(self.pods, int(round(self.fraction * quota)))
+        return max(self.pods, round(self.fraction * quota))
 
     @classmethod
     def parse(cls, value: object) -> Headroom:
@@ -144,12 +146,20 @@ class Routing:
     redirect_v2: bool = False
     pod_headroom: HeadroomField = Headroom(pods=10)
     panic_threshold: Annotated[float, Field(ge=0, le=1)] = 0.0
-    access_log: Annotated[float, Field(ge=0, le=1)] = 0.0
 
     @field_validator("pod_headroom", mode="before")
     @classmethod
     def _headroom(cls, value: object) -> Headroom:
         return Headroom.parse(value)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Logging:
+    """What the router logs beyond state changes (which are always logged)."""
+
+    # Share of launch redirects written as access-log events, sampled at random: 0 logs none,
+    # 1 every one. Sampling, not a level, because at high rates the cost is per event written.
+    access_log: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -165,6 +175,26 @@ class HealthSettings:
     versions: VersionPolicy = VersionPolicy.EXACT
     startup_timeout: Annotated[float, Field(gt=0, le=600)] = 15.0
     max_body_bytes: Annotated[int, Field(ge=256, le=10_000_000)] = 65536
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Limits:
+    """What one client may send and how long the router waits, so no client can hold it.
+
+    The request line, header and client limits bind the listening server at start-up; the body
+    and proxy limits are read on every request, so a reload changes them.
+    """
+
+    max_request_line: Annotated[int, Field(ge=1024, le=65536)] = 8190
+    max_header_size: Annotated[int, Field(ge=1024, le=65536)] = 8190
+    max_headers: Annotated[int, Field(ge=16, le=1000)] = 100
+    max_body_bytes: Annotated[int, Field(ge=0, le=100_000_000)] = 1024 * 1024
+    # Longest a connection may stay idle or take to send a complete request head (slowloris);
+    # keep it above the idle timeout of any load balancer in front of the router.
+    client_timeout: Annotated[float, Field(gt=0, le=86400)] = 75.0
+    body_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    proxy_connect_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    proxy_read_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -245,6 +275,8 @@ class Config:
     routing: Routing = Routing()
     health: HealthSettings = HealthSettings()
     drains: DrainsSource = DrainsSource()
+    logging: Logging = Logging()
+    limits: Limits = Limits()
     source: Annotated[str, Field(exclude=True)] = "<config>"
     format: Annotated[Literal["router", "redirector"], Field(exclude=True)] = "router"
 

@@ -85,10 +85,8 @@ class SimulatedMember:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # started just above
-        bound = server.sockets[0].getsockname()
-        self.url = f"http://{host}:{bound[1]}"
+        bound_port = self._runner.addresses[0][1]
+        self.url = f"http://{host}:{bound_port}"
         return self.url
 
     async def stop(self) -> None:

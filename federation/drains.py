@@ -10,34 +10,40 @@ a drain. The document is small YAML::
         by: alice
         since: "2026-11-27T03:12:00+00:00"
 
-This module holds the pure part (the document and its edits) and the file store; the
-Kubernetes ConfigMap store lives in ``drainstore_k8s``-style code built on ``federation.kube``.
+This module holds the pure part (the document, its edits and the rules an operator's drain
+must follow) and the file store. The ConfigMap store, which needs the Kubernetes client, is in
+``federation.stores``; both answer to ``DrainStore``, so ``federation drain`` is one code path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import getpass
 import os
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
-from federation.errors import ConfigError
+from federation.config import Config
+from federation.errors import ConfigError, DrainError
 
 __all__ = [
     "Drain",
+    "DrainStore",
     "Drains",
     "FileDrainStore",
     "current_user",
+    "drain_member",
     "dump_drains",
     "parse_drains",
+    "undrain_member",
     "with_drain",
     "without_drain",
 ]
@@ -110,6 +116,63 @@ def without_drain(drains: Drains, member: str) -> Drains:
     return MappingProxyType({k: v for k, v in drains.items() if k != member})
 
 
+def drain_member(drains: Drains, config: Config, member: str, *, reason: str, by: str,
+                 force: bool = False) -> Drains:
+    """``drains`` plus an operator's drain of ``member``, or DrainError saying why not.
+
+    Judged on the drains read just now (a store retries this on a write conflict), from the
+    config alone: health is not known here, so "taking launches" means weight > 0 and not
+    drained. Without ``force`` the last such member is refused, because afterwards every
+    launch is refused (a drained prime is no fallback).
+    """
+    if config.member(member) is None:
+        known = ", ".join(m.name for m in config.members)
+        raise DrainError(member, f"no member called {member!r}; members are: {known}")
+    if not reason.strip():
+        raise DrainError(member, "give a --reason: the status page and the next shift need it")
+    left = [m.name for m in config.members
+            if m.weight > 0 and not m.drain and m.name not in drains and m.name != member]
+    if not left and not force:
+        raise DrainError(member, f"{member} is the last member taking launches; after this "
+                         "every launch is refused with 503 until a member is undrained. "
+                         "Repeat with --force if that is what you want")
+    return with_drain(drains, member, reason=reason, by=by)
+
+
+def undrain_member(drains: Drains, config: Config, member: str) -> Drains:
+    """``drains`` without ``member``'s drain, or DrainError when there is none to remove."""
+    if member in drains:
+        return without_drain(drains, member)
+    configured = config.member(member)
+    if configured is None:
+        raise DrainError(member, f"no member called {member!r}")
+    if configured.drain:
+        raise DrainError(member, f"{member} is drained in the config itself ('drain: "
+                         f"{configured.drain}'); remove that line from the config")
+    raise DrainError(member, f"{member} is not drained")
+
+
+class DrainStore(Protocol):
+    """Where drains are kept: read, changed safely against other operators, and watched."""
+
+    name: str
+
+    async def load(self) -> Drains:
+        """The drains in force now."""
+        ...
+
+    async def update(self, edit: Callable[[Drains], Drains]) -> Drains:
+        """Apply ``edit`` to the current drains and store the result; returns it.
+
+        ``edit`` may run more than once (after a concurrent write) and may raise DrainError.
+        """
+        ...
+
+    def watch(self) -> AsyncIterator[str | None]:
+        """Yield the document's text now and whenever it changes."""
+        ...
+
+
 class FileDrainStore:
     """Drains in a local YAML file (the default, next to the config file).
 
@@ -120,6 +183,7 @@ class FileDrainStore:
 
     def __init__(self, path: str | Path, *, poll_interval: float = 0.25) -> None:
         self.path = Path(path)
+        self.name = str(self.path)
         self.poll_interval = poll_interval
 
     def __repr__(self) -> str:
@@ -147,6 +211,23 @@ class FileDrainStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    async def load(self) -> Drains:
+        """The drains in force now."""
+        return self.read()
+
+    async def update(self, edit: Callable[[Drains], Drains]) -> Drains:
+        """Read, edit and write back under an exclusive lock, so two operators' edits both
+        land (the rename alone would let the second writer drop the first one's drain)."""
+        return await asyncio.to_thread(self._update_locked, edit)
+
+    def _update_locked(self, edit: Callable[[Drains], Drains]) -> Drains:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            drains = edit(self.read())
+            self.write(drains)
+        return drains
 
     async def watch(self) -> AsyncIterator[str | None]:
         """Yield the document's text now and whenever the file changes."""

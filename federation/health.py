@@ -86,6 +86,17 @@ class HealthReport:
         return tuple(c.service for c in self.checks
                      if not c.ok and not c.ignore_failure and c.service != POD_QUOTA)
 
+    @property
+    def problem(self) -> str | None:
+        """Why this answer says the member is sick: the first failing check's name, else
+        ``unhealthy`` for a not-ok answer that names no failing check; None when fine."""
+        failing = self.failing
+        if failing:
+            return failing[0]
+        if not self.ok and all(c.ok for c in self.checks):
+            return "unhealthy"
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class Versions:
@@ -233,11 +244,9 @@ def verdict(
     """Why this single probe round failed (None: it passed)."""
     if result.error is not None or result.health is None:
         return result.error or "unknown"
-    failing = result.health.failing
-    if failing:
-        return failing[0]
-    if not result.health.ok and all(c.ok for c in result.health.checks):
-        return "unhealthy"  # not ok, yet no check says why
+    problem = result.health.problem
+    if problem is not None:
+        return problem
     if not versions_match(policy, result.versions, prime_versions):
         return "versions"
     return None

@@ -1,8 +1,9 @@
 """The Kubernetes I/O layer: one ConfigMap key, watched or updated, over kubernetes_asyncio.
 
 The router keeps its shared state (the federation config, operator drains) as text under one
-key of a ConfigMap, so it needs exactly two operations: follow that text as it changes, and
-change it safely while other replicas do the same.
+key of a ConfigMap, so it needs three operations: read that text once, follow it as it
+changes, and change it safely while other replicas and operators do the same. A ConfigMap
+named without a namespace is looked up where kubectl would look (`default_namespace`).
 
 Errors are wrapped at this boundary so callers never see kubernetes_asyncio or aiohttp types:
 
@@ -57,6 +58,8 @@ __all__ = [
     "ResourceNotFound",
     "WatchStreamError",
     "connect",
+    "default_namespace",
+    "read_configmap_key",
     "update_configmap_key",
     "watch_configmap",
 ]
@@ -191,19 +194,55 @@ async def connect(kubeconfig: str | None = None) -> ApiClient:
         except ConfigException as e:
             raise KubeConfigError("in-cluster service account", str(e)) from e
         return ApiClient(configuration=configuration)
-    path = kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    path = _kubeconfig_path(kubeconfig)
+    if not _kubeconfig_exists(path):
+        raise KubeConfigError(path, "no such file")
     try:
         return await config.new_client_from_config(config_file=path, persist_config=False)
     except (ConfigException, OSError, yaml.YAMLError) as e:
         raise KubeConfigError(path, str(e)) from e
 
 
+def _kubeconfig_path(kubeconfig: str | None) -> str:
+    """The kubeconfig file `connect` reads outside a pod, as kubectl would pick it."""
+    return kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+
+
+def _kubeconfig_exists(path: str) -> bool:
+    """Whether any file of a (``:``-separated) kubeconfig path exists; checked first because
+    the library only logs a warning for a missing file, then fails obscurely."""
+    return any(Path(p).expanduser().is_file() for p in path.split(os.pathsep) if p)
+
+
 def _pod_namespace() -> str:
-    """The namespace this pod runs in, as its service account mount says; else "default"."""
+    """The namespace this pod runs in: $POD_NAMESPACE (the Deployment sets it from the
+    downward API), else the service account mount; else "default"."""
+    if namespace := os.environ.get("POD_NAMESPACE", "").strip():
+        return namespace
     try:
         return _NAMESPACE_FILE.read_text().strip() or "default"
     except OSError:
         return "default"
+
+
+def default_namespace(kubeconfig: str | None = None) -> str:
+    """The namespace for a ConfigMap named without one, chosen as `connect` chooses credentials.
+
+    Inside a pod (and no explicit `kubeconfig`) it is the pod's own; elsewhere the namespace of
+    the kubeconfig's current context, as kubectl uses it; else "default". A kubeconfig that
+    cannot be read gives "default" here: `connect` reports the actual problem.
+    """
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return _pod_namespace()
+    path = _kubeconfig_path(kubeconfig)
+    if not _kubeconfig_exists(path):
+        return "default"
+    try:
+        _, current = config.list_kube_config_contexts(config_file=path)
+    except (ConfigException, OSError, yaml.YAMLError):
+        return "default"
+    context = (current or {}).get("context") or {}
+    return str(context.get("namespace") or "default")
 
 
 @dataclass(frozen=True)
@@ -400,6 +439,20 @@ async def watch_configmap(
                 delay=round(delay, 3),
             )
             await asyncio.sleep(delay)
+
+
+async def read_configmap_key(api: ApiClient, ref: ConfigMapRef) -> str | None:
+    """The text under `ref.key` now; None when the ConfigMap or the key does not exist."""
+    try:
+        current = await _call(
+            f"read {ref}",
+            CoreV1Api(api).read_namespaced_config_map(ref.name, ref.namespace),
+            timeout=_REQUEST_TIMEOUT,
+        )
+    except ResourceNotFound:
+        return None
+    value = (current.data or {}).get(ref.key)
+    return None if value is None else str(value)
 
 
 async def update_configmap_key(

@@ -1,10 +1,17 @@
-"""structlog set-up: JSON lines in production, readable console output in a terminal."""
+"""structlog set-up: JSON lines in production, readable console output in a terminal.
+
+Every event — the router's own structlog events and stdlib records from libraries such as
+aiohttp — leaves through one handler in one format, so a log pipeline parses one kind of line.
+State changes (health, drains, config) are always logged by ``federation.runtime``; launch
+access events are sampled (``logging.access_log`` in the config), because at high request rates
+writing one line per redirect would cost more than routing it.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
 
@@ -13,12 +20,25 @@ __all__ = ["LogFormat", "configure_logging"]
 LogFormat = Literal["auto", "json", "console"]
 
 
-def configure_logging(fmt: LogFormat = "auto", *, level: int = logging.INFO) -> None:
-    """Route structlog (and stdlib logging, e.g. aiohttp's) to stderr in one format.
+class _Writer(structlog.WriteLogger):
+    """structlog's plain line writer, plus the name the ``logger`` field shows."""
 
-    ``auto`` picks console output when stderr is a terminal, JSON otherwise.
+    def __init__(self, file: TextIO, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+def configure_logging(fmt: LogFormat = "auto", *, level: int = logging.INFO,
+                      stream: TextIO | None = None) -> None:
+    """Send structlog events and stdlib records to ``stream`` (stderr by default) in one format.
+
+    ``auto`` picks console output when the stream is a terminal and JSON lines otherwise
+    (containers, files, pipes). structlog events are rendered and written directly, without
+    the stdlib logging machinery, which costs several times more per event.
     """
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    out = stream if stream is not None else sys.stderr
+    tty = out.isatty()
+    use_json = fmt == "json" or (fmt == "auto" and not tty)
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -27,19 +47,26 @@ def configure_logging(fmt: LogFormat = "auto", *, level: int = logging.INFO) -> 
     ]
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=tty)
     )
+    tracebacks: list[structlog.types.Processor] = (
+        [structlog.processors.format_exc_info] if use_json else [])
+
+    def writer(*args: object) -> _Writer:
+        return _Writer(out, str(args[0]) if args else "")
+
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info if use_json
-                    else structlog.processors.StackInfoRenderer(),
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        processors=[*shared, *tracebacks, renderer],
+        logger_factory=writer,
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        cache_logger_on_first_use=True,
+        # Not cached: module-level loggers then follow any later configure() (tests'
+        # capture_logs, an embedding application). State changes are rare and access events
+        # sampled, so the microseconds spent assembling a logger per event do not matter.
+        cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        processor=renderer, foreign_pre_chain=shared,
+        processor=renderer, foreign_pre_chain=[*shared, *tracebacks],
     ))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -3,8 +3,11 @@
 Compatible with mybinder.org's federation-redirect (binderhub-protocol.md §4.5), minus its bugs:
 
 * ``federation_health{member,reason}`` — exactly one series per member: 1 with ``reason=""``
-  while in rotation, else 0 with the reason; the old reason's series is removed on change;
-* ``federation_health_check{member,check}`` — each BinderHub check and ``versions``;
+  while it takes launches, else 0 with the reason (a full member: ``Pod quota``, as today);
+  the old reason's series is removed on change;
+* ``federation_health_check{member,check}`` — each BinderHub check and ``versions``, as the
+  router judges them: ``Pod quota`` is 0 when headroom is used up, ``versions`` follows the
+  version policy;
 * ``federation_redirect_count{member,reason}`` — same name and labels as before (monotonic);
   ``federation_redirects_total`` is the same count as a proper Prometheus Counter.
 
@@ -14,18 +17,20 @@ Each router owns its registry, so several routers (tests, workers) never share s
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from federation.health import ProbeResult
+from federation.health import POD_QUOTA, ProbeResult, versions_match
 from federation.table import MemberStatus, RoutingTable
 
 __all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+_PROBE_OUTCOMES = ("ok", "unhealthy", "error")
 
 
 class _RedirectCountCompat(Collector):
@@ -84,8 +89,11 @@ class Metrics:
                                     "upstream", ["kind"], registry=r)
         self.probe_latency = Histogram("federation_probe_duration_seconds", "Duration of a "
                                        "probe round", ["member"], registry=r)
-        self.probes = Counter("federation_probes", "Probe rounds by outcome",
+        self.probes = Counter("federation_probes", "Probe rounds by outcome: ok, unhealthy "
+                              "(answered, a check failing) or error (no usable answer)",
                               ["member", "outcome"], registry=r)
+        self.panic = Gauge("federation_panic", "1 while too little weight is routable and "
+                           "launches ignore health (panic_threshold)", registry=r)
         self.config_generation = Gauge("federation_config_generation", "Config generation in "
                                        "force (increments on every accepted reload)", registry=r)
         self.config_reloads = Counter("federation_config_reloads", "Accepted config reloads",
@@ -110,11 +118,13 @@ class Metrics:
         for gone in self._members - names:
             self._forget(gone)
         self._members = names
+        self.panic.set(1 if table.panic else 0)
         for m in table.members:
-            in_rotation = m.status in (MemberStatus.HEALTHY, MemberStatus.FULL)
-            reason = "" if in_rotation else (m.health.reason or m.status.value)
-            if m.status is MemberStatus.DRAINED:
-                reason = "drained"
+            in_rotation = m.status is MemberStatus.HEALTHY
+            reason = {MemberStatus.HEALTHY: "", MemberStatus.FULL: POD_QUOTA,
+                      MemberStatus.DRAINED: "drained"}.get(m.status)
+            if reason is None:
+                reason = m.health.reason or m.status.value
             old = self._health_reason.get(m.name)
             if old is not None and old != reason:
                 self.health.remove(m.name, old)
@@ -138,8 +148,12 @@ class Metrics:
         checks: dict[str, bool] = {}
         if report is not None:
             checks = {c.service: c.ok for c in report.checks}
+        if POD_QUOTA in checks and view.status is MemberStatus.FULL:
+            checks[POD_QUOTA] = False  # out for headroom: today this showed 1 (MD PR#2429)
         if view.health.versions is not None:
-            checks["versions"] = view.health.reason != "versions"
+            prime = table.by_name[table.config.prime.name].health.versions
+            checks["versions"] = versions_match(table.config.health.versions,
+                                                view.health.versions, prime)
         for old in self._checks.get(name, set()) - set(checks):
             self.health_check.remove(name, old)
         self._checks[name] = set(checks)
@@ -147,11 +161,14 @@ class Metrics:
             self.health_check.labels(name, check).set(1 if ok else 0)
 
     def _forget(self, name: str) -> None:
-        for gauge in (self.drained, self.weight, self.pods, self.quota):
-            try:
-                gauge.remove(name)
-            except KeyError:
-                pass
+        """Remove every series of a member that left the config."""
+        for per_member in (self.drained, self.weight, self.pods, self.quota,
+                           self.probe_latency):
+            with contextlib.suppress(KeyError):
+                per_member.remove(name)
+        for outcome in _PROBE_OUTCOMES:
+            with contextlib.suppress(KeyError):
+                self.probes.remove(name, outcome)
         if name in self._health_reason:
             self.health.remove(name, self._health_reason.pop(name))
         if name in self._state:
@@ -160,6 +177,10 @@ class Metrics:
             self.health_check.remove(name, check)
 
     def probed(self, member: str, result: ProbeResult) -> None:
-        """Count one probe round and its duration."""
+        """Count one probe round by outcome, and its duration."""
         self.probe_latency.labels(member).observe(result.latency)
-        self.probes.labels(member, "ok" if result.reachable else "error").inc()
+        if result.health is None or not result.reachable:
+            outcome = "error"
+        else:
+            outcome = "ok" if result.health.problem is None else "unhealthy"
+        self.probes.labels(member, outcome).inc()

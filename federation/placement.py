@@ -26,14 +26,14 @@ __all__ = [
     "Ranked",
     "bounded_choice",
     "load_bound",
-    "rank",
     "random_choice",
+    "rank",
     "rendezvous_score",
 ]
 
 _MAX_HASH = 2**64 - 1
 
-ChoiceReason = Literal["home", "spill-over", "fallback", "random"]
+ChoiceReason = Literal["home", "spill-over", "fallback"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +48,10 @@ class Ranked:
 class Candidate:
     """A routable member as placement sees it.
 
-    ``load`` is the launches it is believed to be running (its last reported pods plus the
-    launches this router sent it since); ``capacity`` is the load at which it counts as full
-    (quota minus headroom), or None when it reports no quota.
+    ``load`` is the pods its last /health reported; ``capacity`` is the load at which it counts
+    as full (quota minus headroom), or None when it reports no quota. Both change only with a
+    probe, so a routing table builds its candidates once and adds the per-launch part (the
+    launches sent since that probe) as ``bounded_choice(..., sent=)``.
     """
 
     name: str
@@ -61,7 +62,7 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Choice:
-    """A placement decision and why it was made (home, spill-over, fallback, random)."""
+    """A bounded-load placement and why it was made (home, spill-over, fallback)."""
 
     member: str
     reason: ChoiceReason
@@ -74,10 +75,11 @@ def rendezvous_score(key: str, member: str, weight: float) -> float:
     The two hash values the plain formula cannot take are given their limits: h = 0 would be
     log(0) (score 0: never preferred) and h = 2^64 - 1 would divide by zero (score +inf).
     """
-    if weight <= 0:
-        return 0.0
-    digest = blake2b(f"{key}-{member}".encode(), digest_size=8).digest()
-    h = int.from_bytes(digest, "big")
+    return _score(f"{key}-{member}".encode(), weight) if weight > 0 else 0.0
+
+
+def _score(data: bytes, weight: float) -> float:
+    h = int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
     if h == 0:
         return 0.0
     if h == _MAX_HASH:
@@ -86,14 +88,16 @@ def rendezvous_score(key: str, member: str, weight: float) -> float:
 
 
 def rank(key: str, members: Iterable[tuple[str, float]]) -> tuple[Ranked, ...]:
-    """Every member with weight > 0, best first, for ``key``."""
-    scored = [
-        Ranked(name, rendezvous_score(key, name, weight))
-        for name, weight in members
-        if weight > 0
-    ]
-    scored.sort(key=lambda r: (r.score, r.name), reverse=True)
-    return tuple(scored)
+    """Every member with weight > 0, best first (ties: name descending), for ``key``.
+
+    Hashes ``key + "-"`` encoded once and appends each name: the same bytes as
+    ``rendezvous_score`` hashes, at a third less cost on the launch path.
+    """
+    prefix = f"{key}-".encode()
+    scored = [(_score(prefix + name.encode(), weight), name)
+              for name, weight in members if weight > 0]
+    scored.sort(reverse=True)
+    return tuple(Ranked(name, score) for score, name in scored)
 
 
 def random_choice(members: Sequence[tuple[str, float]], rng: random.Random) -> str | None:
@@ -101,8 +105,7 @@ def random_choice(members: Sequence[tuple[str, float]], rng: random.Random) -> s
     live = [(n, w) for n, w in members if w > 0]
     if not live:
         return None
-    names, weights = zip(*live, strict=True)
-    return rng.choices(names, weights)[0]
+    return rng.choices([n for n, _ in live], [w for _, w in live])[0]
 
 
 def load_bound(*, load_factor: float, total_load: int, weight: float, total_weight: float) -> int:
@@ -115,22 +118,27 @@ def bounded_choice(
     candidates: Mapping[str, Candidate],
     *,
     load_factor: float,
+    sent: Mapping[str, int] | None = None,
 ) -> Choice | None:
     """Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam).
 
-    Walk the ranking and take the first member below both its load bound and its capacity;
-    when every member is at its bound, the repository's home member takes it anyway
+    A member's load is its reported pods plus ``sent``, the launches this router sent it since
+    that report: a snapshot alone makes every launch between two probes pile onto the same
+    member (hashing.md §2.4). Walk the ranking and take the first member below both its load
+    bound and its capacity; when none is, the repository's home member takes it anyway
     ("fallback"), so placement never fails while a member is routable.
     """
+    extra = sent or {}
     live = [candidates[r.name] for r in ranking if r.name in candidates]
     if not live:
         return None
-    total_load = sum(c.load for c in live)
+    loads = [c.load + extra.get(c.name, 0) for c in live]
+    total_load = sum(loads)
     total_weight = sum(c.weight for c in live)
-    for position, c in enumerate(live):
+    for position, (c, load) in enumerate(zip(live, loads, strict=True)):
         bound = load_bound(load_factor=load_factor, total_load=total_load,
                            weight=c.weight, total_weight=total_weight)
-        has_room = c.capacity is None or c.load < c.capacity
-        if c.load < bound and has_room:
+        has_room = c.capacity is None or load < c.capacity
+        if load < bound and has_room:
             return Choice(c.name, "home" if position == 0 else "spill-over", position)
     return Choice(live[0].name, "fallback", 0)

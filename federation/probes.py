@@ -1,10 +1,11 @@
 """Probe loops: one task per member fetching BinderHub's /health and /versions.
 
-Each round makes exactly one request to each endpoint, in parallel, under one timeout; there is
-no retry loop inside a round (today's redirector makes five full round trips per check). Flaky
-answers are absorbed by the hysteresis in ``health.advance`` instead. A member that hangs,
-resets connections, trickles bytes or answers garbage only ever produces a failed
-``ProbeResult`` for itself: the request path never waits on a probe.
+Each round makes exactly one request to each endpoint, in parallel, each under the probe
+timeout and a body size cap; there is no retry loop inside a round (today's redirector makes
+five full round trips per check). Flaky answers are absorbed by the hysteresis in
+``health.advance`` instead. A member that hangs, resets connections, trickles bytes or
+answers garbage only ever produces a failed ``ProbeResult`` for itself: the request path
+never waits on a probe.
 """
 
 from __future__ import annotations
@@ -128,7 +129,9 @@ async def probe_member(
     )
 
 
-def next_delay(settings: HealthSettings, *, failures: int, healthy: bool, rng: random.Random) -> float:
+def next_delay(
+    settings: HealthSettings, *, failures: int, healthy: bool, rng: random.Random
+) -> float:
     """Seconds to the next round: the interval with jitter, or capped backoff while failing.
 
     Backoff starts once the member is out: the round after ejection comes one interval later,
@@ -137,6 +140,7 @@ def next_delay(settings: HealthSettings, *, failures: int, healthy: bool, rng: r
     base = settings.interval
     if not healthy and failures > 0:
         doublings = max(0, failures - settings.failures_to_eject)
+        # capped exponent: a member down for days must not overflow the float
         base = min(settings.max_backoff, settings.interval * 2.0 ** min(doublings, 32))
     return base * (1 + settings.jitter * (0.5 - rng.random()))
 
@@ -159,7 +163,8 @@ class Prober:
     """Owns one probe task per configured member; ``reconcile`` follows config changes.
 
     Results go to ``on_result`` (the runtime), which decides what they mean. The next delay
-    is asked of ``delay_for`` so the runtime's view of a member (failing or not) sets the pace.
+    is asked of ``delay_for`` (``probe_delay`` over the runtime's view of the member), so
+    whether it is failing sets the pace.
     """
 
     def __init__(

@@ -19,7 +19,7 @@ import structlog
 from federation.config import Config
 from federation.drains import Drain, Drains
 from federation.errors import ConfigError
-from federation.health import MemberHealth, ProbeResult, State, advance
+from federation.health import MemberHealth, ProbeResult, State, Versions, advance
 from federation.metrics import Metrics
 from federation.table import MemberStatus, RoutingTable, build_table
 
@@ -64,6 +64,7 @@ class RouterState:
         self.routable_since: dict[str, float] = {}
         self.recent: deque[tuple[float, Counter[str]]] = deque()
         self._ready = False
+        self._last_resort: str | None = None  # as last logged: see ``_last_resort()``
         self.table = self._build()
         self.metrics.config_generation.set(self.generation)
 
@@ -131,14 +132,16 @@ class RouterState:
         self.sent[name] = 0  # the member's own pod count now includes what we sent it
         self.metrics.probed(name, result)
         if new.state is not prev.state:
-            event = log.info if new.state is State.HEALTHY else log.warning
+            healthy = new.state is State.HEALTHY
+            event = log.info if healthy else log.warning
             event("member health changed", member=name, state=new.state.value,
                   previous=prev.state.value, reason=new.reason or None,
+                  consecutive=new.successes if healthy else new.failures,
                   latency_ms=round(result.latency * 1000, 1))
         if self._visible_change(prev, new):
             self._swap()
 
-    def _prime_versions(self, prime: str) -> object:
+    def _prime_versions(self, prime: str) -> Versions | None:
         health = self.healths.get(prime)
         return health.versions if health else None
 
@@ -186,10 +189,12 @@ class RouterState:
         self._swap()
 
     def ramping(self) -> bool:
-        """Whether some member is still in its slow start."""
-        slow = self.config.routing.slow_start
-        now = self.clock()
-        return slow > 0 and any(now - t < slow for t in self.routable_since.values())
+        """Whether some member is still in its slow start, or has just finished it.
+
+        An entry stays until a rebuild after its window removes it, so the ticker's last
+        refresh puts the member at its full weight instead of stopping a second short.
+        """
+        return bool(self.routable_since)
 
     def _swap(self) -> None:
         was_ready = self._ready
@@ -197,10 +202,47 @@ class RouterState:
         self.table = self._build()
         self._track_entries(previous, was_ready)
         self.metrics.sync(self.table)
+        self._announce(previous)
+
+    def _announce(self, previous: RoutingTable) -> None:
+        """Log, once each, what changes where launches go without a health transition."""
+        table = self.table
+        for view in table.members:
+            before = previous.by_name.get(view.name)
+            was_full = before is not None and before.status is MemberStatus.FULL
+            if view.status is MemberStatus.FULL and not was_full:
+                log.warning("member full, takes no new launches", member=view.name,
+                            pods=view.pods, quota=view.quota, capacity=view.capacity)
+            elif was_full and view.status is MemberStatus.HEALTHY:
+                log.info("member has room again", member=view.name, pods=view.pods,
+                         quota=view.quota, capacity=view.capacity)
+        if table.panic != previous.panic:
+            if table.panic:
+                log.error("PANIC: too little weight is routable; ignoring health and routing "
+                          "over every member", threshold=table.config.routing.panic_threshold,
+                          routable=sorted(m.name for m in table.members
+                                          if m.status is MemberStatus.HEALTHY))
+            else:
+                log.warning("panic over: routing by health again")
+        mode = _last_resort(table)
+        if table.ready and mode != self._last_resort:
+            if mode is None:
+                log.info("members take launches again",
+                         routable=sorted(m.name for m in table.routable))
+            else:
+                log.error("no member is fit to take launches; using the last resort",
+                          last_resort=mode or "none, launches get 503",
+                          members={m.name: m.reason or m.status.value for m in table.members})
+            self._last_resort = mode
 
     def _track_entries(self, previous: RoutingTable, was_ready: bool) -> None:
-        """Note when members enter rotation, so slow start ramps them (not at start-up)."""
+        """Note when members enter rotation, so slow start ramps them (not at start-up).
+
+        Entering means joining, recovering, being undrained or getting a weight again. A full
+        member that has room again is not cold (its images are there), so it does not ramp.
+        """
         before = {m.name for m in previous.routable}
+        before |= {m.name for m in previous.members if m.status is MemberStatus.FULL}
         now = self.clock()
         entered = False
         for m in self.table.routable:
@@ -222,3 +264,11 @@ class RouterState:
 
     def _drains_in_force(self) -> Mapping[str, Drain]:
         return self.drains
+
+
+def _last_resort(table: RoutingTable) -> str | None:
+    """None while some member is routable; else the fallback's name, or "" (launches get 503)."""
+    if table.routable:
+        return None
+    fallback = table.fallback()
+    return fallback.name if fallback else ""

@@ -8,17 +8,17 @@ the document, which is also what ``federation status`` receives over HTTP.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import jinja2
 
 from federation.errors import FederationError
+from federation.health import MemberHealth
 from federation.runtime import RECENT_WINDOW, RouterState
 from federation.table import MemberStatus, MemberView
 
@@ -58,9 +58,9 @@ class StatusUnavailable(FederationError):
 # -- the document ---------------------------------------------------------------------------
 
 
-def _member(view: MemberView, prime_versions: dict[str, Any] | None, recent: int,
-            total_recent: int, now_mono: float, now_wall: float) -> dict[str, Any]:
-    h = view.health
+def _member(view: MemberView, h: MemberHealth, prime_versions: dict[str, Any] | None,
+            recent: int, total_recent: int, now_mono: float, now_wall: float) -> dict[str, Any]:
+    """One member: state and reason as routing sees them, probe details from ``h`` (live)."""
     last = h.last
     versions = dict(h.versions.raw) if h.versions else None
     return {
@@ -90,6 +90,8 @@ def _member(view: MemberView, prime_versions: dict[str, Any] | None, recent: int
             "latency_ms": round(last.latency * 1000, 1),
             "error": last.error,
         },
+        "probe_state": h.state.value,
+        "probe_reason": h.reason,
         "consecutive_failures": h.failures,
         "recent_launches": recent,
         "recent_share": round(recent / total_recent, 4) if total_recent else 0.0,
@@ -101,8 +103,10 @@ def status_document(state: RouterState) -> dict[str, Any]:
     table = state.table
     recent = state.recent_launches()
     total = sum(recent.values())
-    prime = table.by_name[table.config.prime.name]
-    prime_versions = dict(prime.health.versions.raw) if prime.health.versions else None
+    # The table is rebuilt only when routing changes; probe details come from the live health.
+    healths = {v.name: state.healths.get(v.name, v.health) for v in table.members}
+    prime = healths[table.config.prime.name]
+    prime_versions = dict(prime.versions.raw) if prime.versions else None
     now_mono, now_wall = state.clock(), time.time()
     rejection = state.rejection
     return {
@@ -128,7 +132,8 @@ def status_document(state: RouterState) -> dict[str, Any]:
         "recent_window_seconds": int(RECENT_WINDOW),
         "recent_launches": total,
         "members": [
-            _member(v, prime_versions, recent.get(v.name, 0), total, now_mono, now_wall)
+            _member(v, healths[v.name], prime_versions, recent.get(v.name, 0), total,
+                    now_mono, now_wall)
             for v in table.members
         ],
     }
@@ -233,7 +238,7 @@ def _since(iso: str, now: float) -> str:
         return iso
     if at.tzinfo is None:
         return iso
-    return f"{at.strftime('%Y-%m-%d %H:%M UTC')} ({_ago(now - at.timestamp())} ago)"
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({_ago(now - at.timestamp())} ago)"
 
 
 def _version_text(value: object) -> str:
@@ -242,16 +247,25 @@ def _version_text(value: object) -> str:
 
 def _versions(member: Mapping[str, Any],
               prime: Mapping[str, Any] | None) -> list[tuple[str, str, bool]]:
-    """(key, value, differs from the prime) for each reported version."""
+    """(key, value, differs from the prime) for each reported version worth a line.
+
+    Plain version strings are always shown; structured entries (``builder_info`` repeats
+    ``builder``) only when they differ from the prime's.
+    """
     mine = member["versions"] or {}
     theirs = (prime or {}).get("versions") or {}
-    return [(key, _version_text(mine[key]),
-             not member["prime"] and bool(theirs) and mine[key] != theirs.get(key))
-            for key in sorted(mine)]
+    rows = []
+    for key in sorted(mine):
+        differs = not member["prime"] and bool(theirs) and mine[key] != theirs.get(key)
+        if isinstance(mine[key], str) or differs:
+            rows.append((key, _version_text(mine[key]), differs))
+    return rows
 
 
 def _percent(part: float, whole: float) -> float:
-    return round(min(100.0, max(0.0, 100.0 * part / whole)), 1) if whole > 0 else 0.0
+    if whole <= 0:
+        return 100.0 if part > 0 else 0.0
+    return round(min(100.0, max(0.0, 100.0 * part / whole)), 1)
 
 
 def _number(value: float) -> str:
@@ -268,8 +282,10 @@ def _page_member(member: Mapping[str, Any], prime: Mapping[str, Any] | None,
         "weight_text": _number(member["weight"]),
         "effective_text": _number(member["effective_weight"]),
         "version_rows": _versions(member, prime),
-        "pods_percent": _percent(pods, quota) if pods is not None and quota else None,
-        "capacity_percent": _percent(capacity, quota) if capacity is not None and quota else None,
+        "pods_percent": _percent(pods, quota) if pods is not None and quota is not None
+        else None,
+        "capacity_percent": _percent(capacity, quota) if capacity is not None and quota
+        else None,
         "over_capacity": pods is not None and capacity is not None and pods >= capacity,
         "share_percent": round(100 * member["recent_share"], 1),
         "drain_since": _since(drain["since"], now) if drain and drain["since"] else None,
@@ -283,10 +299,13 @@ def render_status_html(document: Mapping[str, Any]) -> str:
     now = float(document["generated_at"])
     prime = next((m for m in document["members"] if m["prime"]), None)
     error = document["config"]["error"]
+    word, _, rest = document["summary"].partition(": ")
+    headline = rest if rest and word.lower().startswith(document["status"]) else None
     return _PAGE.get_template("status.html").render(
         doc=document,
+        headline=headline or document["summary"],
         members=[_page_member(m, prime, now) for m in document["members"]],
-        generated=datetime.fromtimestamp(now).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
+        generated=f"{datetime.fromtimestamp(now, UTC):%Y-%m-%d %H:%M:%S} UTC",
         window=_ago(document["recent_window_seconds"]),
         config_error_ago=_ago(now - error["at"]) if error else None,
         refresh=PAGE_REFRESH_SECONDS,
@@ -298,31 +317,42 @@ def render_status_html(document: Mapping[str, Any]) -> str:
 
 async def fetch_status(router: str, *, timeout: float = 10.0) -> dict[str, Any]:
     """The status document of the router at ``router`` (a base URL, or host:port)."""
+    from federation.app import STATUS_PATH  # app imports this module
+
     base = router if "://" in router else f"http://{router}"
     url = base.rstrip("/")
-    if not url.endswith("/_router/status"):
-        url += "/_router/status"
+    if not url.endswith(STATUS_PATH):
+        url += STATUS_PATH
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
-            async with s.get(url, headers={"Accept": "application/json"},
-                             allow_redirects=False) as response:
-                if response.status != 200:
-                    raise StatusUnavailable(url, f"the router answered HTTP {response.status}, "
-                                                 "not a status document; is this a federation "
-                                                 "router?")
-                body = await response.read()
-    except (TimeoutError, asyncio.TimeoutError):
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.get(url, headers={"Accept": "application/json"},
+                        allow_redirects=False) as response,
+        ):
+            if response.status != 200:
+                raise StatusUnavailable(url, f"the router answered HTTP {response.status}, "
+                                             "not a status document; is this a federation "
+                                             "router?")
+            body = await response.read()
+    except TimeoutError:
         raise StatusUnavailable(url, f"the router did not answer within {timeout:g} s") from None
     except aiohttp.InvalidURL:
         raise StatusUnavailable(url, "this is not a valid router URL") from None
+    except aiohttp.ClientConnectorError as e:
+        raise StatusUnavailable(url, f"cannot reach the router: {e.strerror or e}") from e
     except aiohttp.ClientError as e:
-        raise StatusUnavailable(url, f"cannot reach the router ({type(e).__name__}: {e})") from e
+        raise StatusUnavailable(url, f"the router broke off its answer ({type(e).__name__})"
+                                ) from e
     try:
         document = json.loads(body)
     except ValueError:
         document = None
     if not isinstance(document, dict) or not isinstance(document.get("members"), list):
         raise StatusUnavailable(url, "the router's answer is not a status document")
+    if document.get("schema") != STATUS_SCHEMA_VERSION:
+        raise StatusUnavailable(url, f"the router sends status schema {document.get('schema')!r}"
+                                     f", this command reads {STATUS_SCHEMA_VERSION}; use the "
+                                     "router's own version of federation")
     return document
 
 

@@ -7,11 +7,12 @@ await anything and never see a half-applied change.
 
 from __future__ import annotations
 
-import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property, lru_cache, partial
+from itertools import repeat
 from types import MappingProxyType
 from typing import Literal
 
@@ -19,12 +20,20 @@ from federation.config import Config, Member, Strategy, WeightMode
 from federation.drains import Drain
 from federation.health import MemberHealth, State
 from federation.launch import LaunchKey
-from federation.placement import Candidate, Ranked, bounded_choice, rank, random_choice
+from federation.placement import (
+    Candidate,
+    Ranked,
+    bounded_choice,
+    load_bound,
+    random_choice,
+    rank,
+)
 
 __all__ = ["Decision", "MemberStatus", "MemberView", "RoutingTable", "build_table"]
 
 SLOW_START_FLOOR = 0.1  # a ramping member starts at 10 % of its weight
-RANK_CACHE_SIZE = 4096
+RANK_CACHE_SIZE = 4096  # repositories whose rankings are kept, at most
+RANK_CACHE_ENTRIES = 131_072  # ranked members kept over all of them (about 10 MiB)
 
 RedirectReason = Literal["cookie", "load_balancer", "spill-over", "fallback", "panic"]
 
@@ -87,7 +96,6 @@ class RoutingTable:
     by_name: Mapping[str, MemberView] = field(repr=False)
     by_url: Mapping[str, MemberView] = field(repr=False)  # routable members by URL (cookies)
     _weights: tuple[tuple[str, float], ...] = field(repr=False)
-    _rank_cache: dict[str, tuple[Ranked, ...]] = field(repr=False, compare=False)
 
     @property
     def status(self) -> Literal["healthy", "degraded", "down"]:
@@ -98,13 +106,12 @@ class RoutingTable:
         return "healthy" if len(self.routable) == len(active) else "degraded"
 
     def ranking(self, key: str) -> tuple[Ranked, ...]:
-        """The routable members ranked for ``key``; cached per snapshot (it never changes)."""
-        cached = self._rank_cache.get(key)
-        if cached is None:
-            if len(self._rank_cache) >= RANK_CACHE_SIZE:
-                self._rank_cache.clear()
-            cached = self._rank_cache[key] = rank(key, self._weights)
-        return cached
+        """The routable members ranked for ``key``, from an LRU shared by equal weights."""
+        return self._ranker(key)
+
+    @cached_property
+    def _ranker(self) -> Callable[[str], tuple[Ranked, ...]]:
+        return _shared_ranker(self._weights)
 
     def route(
         self,
@@ -135,27 +142,62 @@ class RoutingTable:
         ranking = self.ranking(launch.key)
         if strategy is Strategy.RENDEZVOUS:
             return Decision(self.by_name[ranking[0].name], reason, ranking)
-        choice = bounded_choice(ranking, self._candidates(loads or {}),
-                                load_factor=self.config.routing.load_factor)
+        if ranking and self._home_has_room(ranking[0].name, loads or {}):
+            return Decision(self.by_name[ranking[0].name], reason, ranking)
+        choice = bounded_choice(ranking, self._candidates,
+                                load_factor=self.config.routing.load_factor, sent=loads)
         assert choice is not None  # routable is not empty
         if choice.reason in ("spill-over", "fallback") and not self.panic:
             reason = choice.reason
         return Decision(self.by_name[choice.member], reason, ranking)
 
-    def _candidates(self, loads: Mapping[str, int]) -> dict[str, Candidate]:
-        return {
-            m.name: Candidate(m.name, m.effective_weight, (m.pods or 0) + loads.get(m.name, 0),
-                              m.capacity)
+    def _home_has_room(self, home: str, sent: Mapping[str, int]) -> bool:
+        """Whether ``bounded_choice`` would stop at its first step, the repository's home.
+
+        Nearly every launch does, so this answers that step with per-snapshot sums and one
+        pass in C over the launches sent since the last probes, instead of building the
+        walk's lists per launch; any other answer takes the full walk.
+        """
+        names, pods, total_weight = self._load_base
+        c = self._candidates[home]
+        load = c.load + sent.get(home, 0)
+        if c.capacity is not None and load >= c.capacity:
+            return False
+        total_load = pods + sum(map(sent.get, names, repeat(0)))
+        return load < load_bound(load_factor=self.config.routing.load_factor,
+                                 total_load=total_load, weight=c.weight,
+                                 total_weight=total_weight)
+
+    @cached_property
+    def _load_base(self) -> tuple[tuple[str, ...], int, float]:
+        """Names, reported pods and weight summed over what ``bounded_choice`` walks."""
+        live = [c for c in self._candidates.values() if c.weight > 0]  # as ``rank`` keeps
+        return (tuple(c.name for c in live), sum(c.load for c in live),
+                sum(c.weight for c in live))
+
+    @cached_property
+    def _candidates(self) -> Mapping[str, Candidate]:
+        """Routable members with their reported pods, built once per snapshot, not per launch."""
+        return MappingProxyType({
+            m.name: Candidate(m.name, m.effective_weight, m.pods or 0, m.capacity)
             for m in self.routable
-        }
+        })
 
     def fallback(self) -> MemberView | None:
-        """No member routable: the full member with most room, else the prime, else none."""
-        full = [m for m in self.members if m.status is MemberStatus.FULL]
+        """No member routable: the full member with most room, else the prime, else none.
+
+        A full member is healthy and only short of headroom, so it is the better bet; the
+        prime takes launches whatever its health (today's behaviour), unless an operator
+        drained it or gave it weight 0 — both mean "send it nothing".
+        """
+        full = [m for m in self.members
+                if m.status is MemberStatus.FULL and m.member.weight > 0]
         if full:
             return max(full, key=lambda m: ((m.quota or 0) - (m.pods or 0), m.name))
         prime = self.by_name[self.config.prime.name]
-        return None if prime.status is MemberStatus.DRAINED else prime
+        if prime.status is MemberStatus.DRAINED or prime.member.weight <= 0:
+            return None
+        return prime
 
 
 def build_table(
@@ -170,12 +212,15 @@ def build_table(
 ) -> RoutingTable:
     """A snapshot of ``config`` under the given health and drains at time ``now``.
 
-    ``routable_since`` holds when each member last entered rotation, for slow start.
+    ``routable_since`` holds when each member last entered rotation, for slow start. Panic
+    (routing over every member, whatever its health) needs ``ready``: before every member
+    has been probed, a low routable share means "not known yet", not "health is lying".
     """
     since = routable_since or {}
+    per_weight = _pods_per_weight(config, healths)
     views = tuple(
         _view(config, m, healths.get(m.name, MemberHealth()), _drain_of(m, drains),
-              now=now, since=since.get(m.name))
+              now=now, since=since.get(m.name), pods_per_weight=per_weight)
         for m in config.members
     )
     routable = tuple(
@@ -184,7 +229,7 @@ def build_table(
     panic = False
     threshold = config.routing.panic_threshold
     eligible = [v for v in views if v.status is not MemberStatus.DRAINED and v.member.weight > 0]
-    if threshold > 0 and eligible:
+    if threshold > 0 and ready and eligible:
         share = sum(v.member.weight for v in routable) / sum(v.member.weight for v in eligible)
         if share < threshold:
             panic, routable = True, tuple(eligible)
@@ -200,8 +245,29 @@ def build_table(
         by_name=by_name,
         by_url=MappingProxyType({v.url: v for v in routable}),
         _weights=tuple((v.name, v.effective_weight) for v in routable),
-        _rank_cache={},
     )
+
+
+_RANKERS: dict[tuple[tuple[str, float], ...], Callable[[str], tuple[Ranked, ...]]] = {}
+_RANKERS_KEPT = 4
+
+
+def _shared_ranker(weights: tuple[tuple[str, float], ...]) -> Callable[[str], tuple[Ranked, ...]]:
+    """A memo of ``rank`` for these weights, shared by every snapshot that has them.
+
+    A ranking depends on the weights alone, and a probe that only changes pod counts
+    rebuilds the table with the same ones: a cache per snapshot would be emptied several
+    times a second on a busy federation. Pure memo: its answers never differ from ``rank``.
+    The few most recent weight sets are kept (slow start changes weights every second).
+    """
+    ranker = _RANKERS.pop(weights, None)
+    if ranker is None:
+        size = max(256, min(RANK_CACHE_SIZE, RANK_CACHE_ENTRIES // max(1, len(weights))))
+        ranker = lru_cache(maxsize=size)(partial(rank, members=weights))
+    _RANKERS[weights] = ranker  # most recently used last
+    while len(_RANKERS) > _RANKERS_KEPT:
+        del _RANKERS[next(iter(_RANKERS))]
+    return ranker
 
 
 def _drain_of(member: Member, drains: Mapping[str, Drain]) -> Drain | None:
@@ -220,22 +286,60 @@ def _view(
     *,
     now: float,
     since: float | None,
+    pods_per_weight: float,
 ) -> MemberView:
+    """Join one member's config, health and drain; its effective weight is set here.
+
+    With ``weights: capacity`` the weight is the pods the member can take (quota minus
+    headroom: headroom 10 turns a 60-pod quota into 50, binderhub-protocol.md §5), so
+    300/180/60-pod members get 290/170/50 shares instead of what the config says. Weight 0
+    stays 0: it is the operator saying "no launches". Slow start then scales the weight.
+    """
     pq = health.pod_quota
     pods = pq.total_pods if pq else None
     quota = pq.quota if pq else None
-    capacity = None
-    if quota is not None:
-        capacity = max(0, quota - config.headroom_for(member).pods_for(quota))
+    capacity = None if quota is None else _capacity(config, member, quota)
     status, reason = _status(health, drain, pods, quota, capacity)
     weight = member.weight
-    if config.routing.weights is WeightMode.CAPACITY and quota is not None and member.weight > 0:
-        weight = float(quota)
-    slow = config.routing.slow_start
-    if since is not None and slow > 0 and now - since < slow:
-        ramp = max(0.0, now - since) / slow
-        weight *= SLOW_START_FLOOR + (1 - SLOW_START_FLOOR) * ramp
+    if config.routing.weights is WeightMode.CAPACITY and weight > 0:
+        weight = float(capacity) if capacity is not None else weight * pods_per_weight
+    weight *= _slow_start_factor(config.routing.slow_start, now=now, since=since)
     return MemberView(member, status, reason, weight, health, drain, pods, quota, capacity)
+
+
+def _capacity(config: Config, member: Member, quota: int) -> int:
+    return max(0, quota - config.headroom_for(member).pods_for(quota))
+
+
+def _pods_per_weight(config: Config, healths: Mapping[str, MemberHealth]) -> float:
+    """Pods of capacity per unit of configured weight, over the members reporting a quota.
+
+    Under ``weights: capacity`` a member that reports no quota keeps its configured weight,
+    converted by this ratio into pods so that it is not dwarfed (weight 10 next to 300 pods)
+    or dominant (weight 100 next to 60 pods).
+    """
+    if config.routing.weights is not WeightMode.CAPACITY:
+        return 1.0
+    pods = weights = 0.0
+    for m in config.members:
+        pq = healths.get(m.name, MemberHealth()).pod_quota
+        if m.weight > 0 and pq is not None and pq.quota is not None:
+            pods += _capacity(config, m, pq.quota)
+            weights += m.weight
+    return pods / weights if pods > 0 else 1.0
+
+
+def _slow_start_factor(window: float, *, now: float, since: float | None) -> float:
+    """How much of its weight a member that entered rotation at ``since`` gets at ``now``.
+
+    Linear from ``SLOW_START_FLOOR`` to 1 over ``window`` seconds, like HAProxy's
+    ``slowstart``; the floor keeps a new member visible to rendezvous from the first second,
+    and the ramp moves repositories to it a few at a time instead of all at once.
+    """
+    if since is None or window <= 0 or now - since >= window:
+        return 1.0
+    ramp = max(0.0, now - since) / window
+    return SLOW_START_FLOOR + (1 - SLOW_START_FLOOR) * ramp
 
 
 def _status(
@@ -257,18 +361,17 @@ def _status(
 
 
 def _ui_member(config: Config, views: tuple[MemberView, ...]) -> MemberView:
-    """The prime while it serves; else the serving member with the highest weight."""
+    """The prime while it serves; else the serving member with the highest weight.
+
+    A full member still serves pages. The prime keeps the UI until its first probe answers,
+    so the landing page does not hop away at start-up just because another member was faster.
+    """
     serving = (MemberStatus.HEALTHY, MemberStatus.FULL)
     prime = next(v for v in views if v.member.prime)
-    if prime.status in serving:
+    if prime.status in serving or prime.status is MemberStatus.UNKNOWN:
         return prime
     others = [v for v in views if v.status in serving]
     if others:
         return max(others, key=lambda v: (v.member.weight, v.name))
     return prime
 
-
-def ramping(table: RoutingTable, now: float, since: Mapping[str, float]) -> bool:
-    """Whether some member's slow start is still under way (the table needs rebuilding)."""
-    slow = table.config.routing.slow_start
-    return slow > 0 and any(now - t < slow for t in since.values()) and not math.isinf(slow)

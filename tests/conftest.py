@@ -7,6 +7,7 @@ health transitions happen in milliseconds; tests wait for conditions, never for 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,14 @@ import structlog
 import yaml
 from aiohttp import ClientResponse, ClientSession, DummyCookieJar, web
 from aiohttp.test_utils import TestClient
+from click.testing import CliRunner, Result
 from yarl import URL
 
-from federation.app import STATE, create_app
+from federation.app import STATE, DrainSource, create_app
+from federation.cli import main
 from federation.config import load_config
 from federation.demo import MemberControls, SimulatedMember
-from federation.drains import FileDrainStore
+from federation.drains import FileDrainStore, with_drain
 from federation.runtime import RouterState
 from federation.sources import FileConfigSource
 
@@ -35,6 +38,17 @@ FAST_HEALTH: dict[str, Any] = {
     "max_backoff": 0.2,
     "startup_timeout": 3,
 }
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Show the figures a test recorded (``record_property("figures", text)``) in any run's
+    output, with or without ``-s``, so CI logs carry them (the chaos test's counts)."""
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for name, value in getattr(report, "user_properties", ()):
+                if name == "figures" and report.when == "call":
+                    terminalreporter.write_sep("-", f"figures: {report.nodeid}")
+                    terminalreporter.write_line(str(value))
 
 
 @pytest.fixture(autouse=True)
@@ -110,28 +124,59 @@ class Federation:
         self.config_doc = dict(doc)
         self.config_path.write_text(yaml.safe_dump(self.config_doc, sort_keys=False))
 
+    async def apply_config(self, doc: Mapping[str, Any]) -> None:
+        """Write ``doc`` and wait until the router has put it in force (a new generation)."""
+        generation = self.state.generation
+        self.write_config(doc)
+        await self.wait_for(lambda: self.state.generation > generation, what="config applied")
+
+    async def break_config(self, text: str) -> None:
+        """Write invalid config ``text`` and wait until the router has rejected it."""
+        before = self.state.rejection
+        self.config_path.write_text(text)
+        await self.wait_for(lambda: self.state.rejection not in (None, before),
+                            what="config rejected")
+
 
 def federation_doc(members: Mapping[str, SimulatedMember], *,
                    weights: Mapping[str, float] | None = None,
                    routing: Mapping[str, Any] | None = None,
                    health: Mapping[str, Any] | None = None,
-                   prime: str | None = None) -> dict[str, Any]:
+                   prime: str | None = None,
+                   kinds: Mapping[str, str] | None = None,
+                   logging: Mapping[str, Any] | None = None,
+                   drains: Mapping[str, Any] | None = None,
+                   limits: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A config document for running simulated members (the first is prime by default)."""
     names = list(members)
     prime = prime or names[0]
     return {
         "routing": {"slow_start": 0, **(routing or {})},
         "health": {**FAST_HEALTH, **(health or {})},
-        "drains": {"file": "drains.yaml"},
+        "drains": dict(drains or {"file": "drains.yaml"}),
+        "logging": dict(logging or {}),
+        "limits": dict(limits or {}),
         "members": [
             {"name": n, "url": members[n].url, "weight": (weights or {}).get(n, 10),
-             "prime": n == prime}
+             "prime": n == prime, "kind": (kinds or {}).get(n, "other")}
             for n in names
         ],
     }
 
 
 StartFederation = Callable[..., Awaitable[Federation]]
+
+
+async def run_cli(*args: str) -> Result:
+    """Run the ``federation`` command as a shell would, in a thread: its own event loop must not
+    block the one serving this test's members, router and fake API server.
+
+    The runner swaps ``sys.stdout`` while the command runs, and structlog's default logger
+    prints to whatever ``sys.stdout`` is; the router's events go to stderr instead, so the
+    result holds only what the command printed.
+    """
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    return await asyncio.to_thread(CliRunner().invoke, main, list(args), catch_exceptions=False)
 
 
 @pytest.fixture
@@ -142,12 +187,14 @@ async def start_federation(
 
     Starts the simulated members, writes a config with fast probes, starts the router and
     waits until every member has been probed once. Stops everything at the end of the test.
+    Drains come from ``drains.yaml`` in the test's directory unless ``drain_source`` is given.
     """
     sims: list[SimulatedMember] = []
     federations: list[Federation] = []
 
     async def start(names: list[str] | Mapping[str, MemberControls] = ("a", "b", "c"),
-                    *, wait_ready: bool = True, **doc_options: Any) -> Federation:
+                    *, wait_ready: bool = True, drain_source: DrainSource | None = None,
+                    **doc_options: Any) -> Federation:
         controls = names if isinstance(names, Mapping) else {n: MemberControls() for n in names}
         members = {n: SimulatedMember(n, c) for n, c in controls.items()}
         for sim in members.values():
@@ -159,7 +206,8 @@ async def start_federation(
         app = create_app(
             load_config(config_path),
             config_source=FileConfigSource(config_path, poll_interval=0.05),
-            drain_source=FileDrainStore(tmp_path / "drains.yaml", poll_interval=0.05),
+            drain_source=drain_source or FileDrainStore(tmp_path / "drains.yaml",
+                                                        poll_interval=0.05),
         )
         client = await aiohttp_client(app)
         fed = Federation(members, client, app, config_path, tmp_path, doc)
@@ -173,3 +221,33 @@ async def start_federation(
         await fed.close()
     for sim in sims:
         await sim.stop()
+
+
+MIXED_KINDS = {"gke": "gke", "bare-metal": "bare-metal", "ovh": "ovh", "azure": "azure",
+               "gesis": "bare-metal"}
+
+
+async def start_mixed_federation(start: StartFederation) -> Federation:
+    """Five members, one in each state on-call staff meet, with some launches recorded.
+
+    gke (prime) and bare-metal are healthy; ovh is full (35 pods, quota 40, headroom 10);
+    azure is unhealthy (/health answers 503); gesis is drained by alice and runs an older
+    BinderHub than the prime.
+    """
+    fed = await start({
+        "gke": MemberControls(),
+        "bare-metal": MemberControls(),
+        "ovh": MemberControls(quota=40, extra_pods=35),
+        "azure": MemberControls(health="503"),
+        "gesis": MemberControls(binderhub="0.9.0+old"),
+    }, kinds=MIXED_KINDS, weights={"gke": 60, "bare-metal": 20, "ovh": 30, "azure": 30,
+                                   "gesis": 40})
+    store = FileDrainStore(fed.workdir / "drains.yaml")
+    store.write(with_drain(store.read(), "gesis", reason="registry timeouts, incident 42",
+                           by="alice"))
+    for name, status in (("gke", "healthy"), ("bare-metal", "healthy"), ("ovh", "full"),
+                         ("azure", "unhealthy"), ("gesis", "drained")):
+        await fed.wait_status(name, status)
+    for i in range(24):
+        await fed.launch(f"/build/gh/demo/repo{i}/HEAD")
+    return fed

@@ -168,7 +168,7 @@ def test_both_formats_at_once_is_an_error() -> None:
 
 def test_example_configs_are_valid() -> None:
     """Every shipped example config loads."""
-    for path in sorted((ROOT / "config").glob("*.yaml")) + [ROOT / "config/redirector.json"]:
+    for path in [*sorted((ROOT / "config").glob("*.yaml")), ROOT / "config/redirector.json"]:
         load_config(path)
 
 

@@ -1,0 +1,309 @@
+"""Servers under test, the load generator, CPU pinning and the checks that make a run count.
+
+A server runs alone on its core (the "server core"); the load generator and the simulated
+members share the other one. Each run measures the CPU time both sides used. A run is refused,
+not reported, when the load generator was busy for most of its core (it, not the server, set
+the pace) or when the server was not kept busy (something else limited the run: the load
+generator, or another process taking the server's core).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.workload import POOL, config_text
+
+__all__ = [
+    "Limits",
+    "Run",
+    "Server",
+    "Summary",
+    "choose_loop",
+    "drive",
+    "members",
+    "pinning",
+    "reference",
+    "router",
+    "summarise",
+]
+
+LUA = Path(__file__).with_name("launches.lua")
+WRK = shutil.which("wrk")
+_TICK = os.sysconf("SC_CLK_TCK")
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def choose_loop(kind: str) -> str:
+    """``auto`` → ``uvloop`` when importable (as ``federation serve`` does), else ``asyncio``."""
+    if kind != "auto":
+        return kind
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def pinning() -> tuple[set[int], set[int]]:
+    """(server cores, load cores): the first allowed core for servers, the rest for load."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return set(cores), set(cores)  # one core: nothing to separate (said in the report)
+    return {cores[0]}, set(cores[1:])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _affinity(cores: set[int]) -> Callable[[], None]:
+    def pin() -> None:
+        os.sched_setaffinity(0, cores)
+
+    return pin
+
+
+@dataclass
+class Server:
+    """A server process under test, pinned to its core."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+
+    def rss_mib(self) -> float:
+        """Resident set size now, in MiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"{self.name}: no VmRSS in /proc/{self.proc.pid}/status")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not end within 10 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _get(url: str, path: str) -> int:
+    parts = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(parts[0], int(parts[1]), timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def _wait_until(server: Server, path: str, status: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.proc.returncode}; "
+                               f"see {server.log}")
+        with contextlib.suppress(OSError):
+            if _get(server.url, path) == status:
+                return
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"{server.name} did not answer {path} with {status} within {timeout:g} s; "
+                       f"see {server.log}")
+
+
+def _start(name: str, argv: list[str], cores: set[int], log: Path, port: int) -> Server:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=_ROOT,
+                                preexec_fn=_affinity(cores))
+    return Server(name, proc, f"http://127.0.0.1:{port}", log)
+
+
+@contextlib.contextmanager
+def router(name: str, workdir: Path, urls: Sequence[str], *, interval: float, loop: str,
+           cores: set[int]) -> Iterator[Server]:
+    """``federation serve`` as shipped (default settings) for members at ``urls``."""
+    config = workdir / f"{name.replace(' ', '-')}.yaml"
+    config.write_text(config_text(urls, interval=interval))
+    port = _free_port()
+    server = _start(name, [sys.executable, "-m", "federation", "serve", "--config", str(config),
+                           "--host", "127.0.0.1", "--port", str(port), "--loop", loop],
+                    cores, workdir / f"{config.stem}.log", port)
+    try:
+        _wait_until(server, "/_router/ready", 200)
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def reference(workdir: Path, *, loop: str, cores: set[int]) -> Iterator[Server]:
+    """The bare aiohttp app answering every request with a fixed 307."""
+    port = _free_port()
+    server = _start("reference", [sys.executable, "-m", "benchmarks.reference", "--port",
+                                  str(port), "--loop", loop],
+                    cores, workdir / "reference.log", port)
+    try:
+        _wait_until(server, "/build/gh/a/b/HEAD", 307)
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def members(count: int, *, churn: bool, cores: set[int]) -> Iterator[list[str]]:
+    """``count`` simulated members in their own process; yields their URLs."""
+    argv = [sys.executable, "-m", "benchmarks.members", "--count", str(count)]
+    proc = subprocess.Popen([*argv, "--churn" if churn else "--no-churn"],
+                            stdout=subprocess.PIPE, cwd=_ROOT, preexec_fn=_affinity(cores))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the members process exited with {proc.wait()}")
+        urls: list[str] = json.loads(line)
+        yield urls
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """When a run is refused: load generator above ``loadgen_max`` of a core, or the server
+    below ``server_min`` of its core."""
+
+    loadgen_max: float = 0.90
+    server_min: float = 0.90
+
+
+@dataclass(frozen=True)
+class Run:
+    """One load run against one server."""
+
+    server: str
+    connections: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    server_cpu: float  # share of one core the server used during the run
+    loadgen_cpu: float  # likewise for the load generator
+    refused: str | None = None  # why this run does not count
+
+    @property
+    def cpu_us(self) -> float:
+        """Server CPU time per request: steadier than req/s when the machine is shared."""
+        return self.server_cpu / self.rps * 1e6 if self.rps else float("nan")
+
+
+def _core_busy(cores: set[int]) -> float:
+    """Seconds the ``cores`` spent busy so far, whoever used them (from /proc/stat)."""
+    busy = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *ticks = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, ticks[:8])
+            busy += user + nice + system + irq + softirq + steal
+    return busy / _TICK
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _loadgen_argv(url: str, connections: int, duration: float) -> list[str]:
+    if WRK is not None:
+        return [WRK, "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "2s",
+                "-s", str(LUA), url, "--", str(POOL)]
+    return [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--connections",
+            str(connections), "--duration", str(duration), "--pool", str(POOL)]
+
+
+def drive(server: Server, *, connections: int, duration: float, cores: set[int],
+          server_cores: set[int], limits: Limits) -> Run:
+    """Load ``server`` with launches for ``duration`` seconds and judge the run."""
+    cpu_before, gen_before = server.cpu_seconds(), _children_cpu()
+    core_before, started = _core_busy(server_cores), time.monotonic()
+    done = subprocess.run(_loadgen_argv(server.url, connections, duration), capture_output=True,
+                          cwd=_ROOT, preexec_fn=_affinity(cores), check=False)
+    wall = time.monotonic() - started
+    server_cpu = (server.cpu_seconds() - cpu_before) / wall
+    gen_cpu = (_children_cpu() - gen_before) / wall
+    others = max(0.0, (_core_busy(server_cores) - core_before) / wall - server_cpu)
+    lines = [ln for ln in done.stdout.decode().splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"load generator failed ({done.returncode}): "
+                           f"{done.stderr.decode()[-500:]}")
+    result = json.loads(lines[-1])
+    refused = None
+    if gen_cpu >= limits.loadgen_max:
+        refused = f"load generator used {gen_cpu:.0%} of its core"
+    elif server_cpu < limits.server_min:
+        refused = (f"server used only {server_cpu:.0%} of its core (the core was busy "
+                   f"{others:.0%} more: other processes, or the kernel's network work)")
+    return Run(server.name, connections, result["requests"] / result["duration_s"],
+               result["p50_ms"], result["p99_ms"], int(result["errors"]), server_cpu, gen_cpu,
+               refused)
+
+
+@dataclass
+class Summary:
+    """Medians of the accepted runs of one server at one connection count."""
+
+    server: str
+    connections: int
+    runs: list[Run] = field(default_factory=list)
+    rss_mib: list[float] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> list[Run]:
+        """The runs that count."""
+        return [r for r in self.runs if r.refused is None]
+
+    def median(self, attribute: str) -> float:
+        """Median of ``attribute`` over accepted runs (NaN when none was accepted)."""
+        values = [getattr(r, attribute) for r in self.accepted]
+        return statistics.median(values) if values else float("nan")
+
+
+def summarise(runs: Sequence[Run], rss: dict[str, list[float]]) -> list[Summary]:
+    """Group runs by (server, connections), keeping first-seen order."""
+    out: dict[tuple[str, int], Summary] = {}
+    for run in runs:
+        key = (run.server, run.connections)
+        out.setdefault(key, Summary(run.server, run.connections, rss_mib=rss.get(run.server, [])))
+        out[key].runs.append(run)
+    return list(out.values())

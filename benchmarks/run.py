@@ -1,0 +1,251 @@
+"""Entry point: ``python -m benchmarks.run {throughput,probing,placement,all} [options]``.
+
+* ``throughput`` — the router as shipped (``federation serve``, default settings: metrics,
+  sticky cookies, default logging) against a bare aiohttp app answering a fixed 307, on the
+  same event loop, at 16 and 64 connections.
+* ``probing`` — the router with 100 members probed every second against 3 members probed
+  every 10 s; the difference is what probing costs the request path.
+* ``placement`` — microseconds per routing decision (parse + route) at 3, 5, 10, 100 members.
+
+wrk drives the load when installed (``apt-get install wrk``), else a Python load generator
+that is usually too slow to saturate a server (such runs are refused, not reported). Servers
+run alone on the first core, the load generator on the others. Every figure is the median of
+the accepted runs. Loopback only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from benchmarks import harness
+from benchmarks.harness import Limits, Run, Server, Summary
+from benchmarks.placement import placement_table, run_placement
+
+__all__ = ["main"]
+
+Contender = Callable[[], contextlib.AbstractContextManager[Server]]
+
+
+def _counts(text: str) -> list[int]:
+    """Connection counts written as ``16,64``."""
+    try:
+        counts = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, got {text!r}",
+                                 param_hint="--connections") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"expected positive numbers, got {text!r}",
+                                 param_hint="--connections")
+    return counts
+
+
+def _loadgen_name() -> str:
+    if harness.WRK is None:
+        return "Python load generator (benchmarks/loadgen.py; install wrk: apt-get install wrk)"
+    version = subprocess.run([harness.WRK, "--version"], capture_output=True, check=False)
+    return (version.stdout or version.stderr).decode().split("\n")[0].split(" Copyright")[0]
+
+
+def _measure(contenders: Sequence[Contender], *, connections: Sequence[int], runs: int,
+             duration: float, warmup: float, attempts: int, limits: Limits,
+             server_cores: set[int], load_cores: set[int]
+             ) -> tuple[list[Run], dict[str, list[float]]]:
+    """Each round starts each contender alone, warms it up, then loads it at each level."""
+    results: list[Run] = []
+    rss: dict[str, list[float]] = {}
+    for round_no in range(1, runs + 1):
+        for start in contenders:
+            with start() as server:
+                harness.drive(server, connections=max(connections), duration=warmup,
+                              cores=load_cores, server_cores=server_cores, limits=limits)
+                for conns in connections:
+                    for attempt in range(1, attempts + 1):
+                        run = harness.drive(server, connections=conns, duration=duration,
+                                            cores=load_cores, server_cores=server_cores,
+                                            limits=limits)
+                        results.append(run)
+                        verdict = f"REFUSED: {run.refused}" if run.refused else "ok"
+                        click.echo(f"  round {round_no} {server.name:<30} c={conns:<3} "
+                                   f"{run.rps:7.0f} req/s p99 {run.p99_ms:6.2f} ms, server "
+                                   f"{run.server_cpu:4.0%} CPU {run.cpu_us:5.1f} µs/req, load "
+                                   f"{run.loadgen_cpu:4.0%} CPU: {verdict}", err=True)
+                        if run.refused is None or attempt == attempts:
+                            break
+                rss.setdefault(server.name, []).append(server.rss_mib())
+    return results, rss
+
+
+def _fmt(value: float, spec: str) -> str:
+    return "n/a" if math.isnan(value) else format(value, spec)
+
+
+def _table(summaries: Sequence[Summary], baseline: str) -> str:
+    lines = ["| connections | server | req/s | p50 ms | p99 ms | errors | server CPU µs/req "
+             "| RSS after load MiB | runs counted | req/s ÷ baseline | p99 ÷ baseline |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base = {s.connections: s for s in summaries if s.server == baseline}
+    for s in sorted(summaries, key=lambda s: s.connections):
+        b = base.get(s.connections)
+        ratio = p99 = float("nan")
+        if b is not None and s is not b:
+            ratio = s.median("rps") / b.median("rps")
+            p99 = s.median("p99_ms") / b.median("p99_ms")
+        errors = sum(r.errors for r in s.accepted)
+        rss = max(s.rss_mib) if s.rss_mib else float("nan")
+        lines.append(f"| {s.connections} | {s.server} | {_fmt(s.median('rps'), ',.0f')} | "
+                     f"{_fmt(s.median('p50_ms'), '.2f')} | {_fmt(s.median('p99_ms'), '.2f')} | "
+                     f"{errors} | {_fmt(s.median('cpu_us'), '.1f')} | {_fmt(rss, '.1f')} | "
+                     f"{len(s.accepted)}/{len(s.runs)} | "
+                     f"{_fmt(ratio, '.2f')} | {_fmt(p99, '.2f')} |")
+    return "\n".join(lines)
+
+
+def _report(title: str, contenders: Sequence[Contender], baseline: str, *,
+            connections: Sequence[int], runs: int, duration: float, warmup: float,
+            attempts: int, limits: Limits, loop: str, save: Path | None) -> None:
+    server_cores, load_cores = harness.pinning()
+    click.echo(f"{title}: {runs} runs of {duration:g} s per cell, loop {loop}, load by "
+               f"{_loadgen_name()}; servers on cores {sorted(server_cores)}, load on "
+               f"{sorted(load_cores)}", err=True)
+    results, rss = _measure(contenders, connections=connections, runs=runs, duration=duration,
+                            warmup=warmup, attempts=attempts, limits=limits,
+                            server_cores=server_cores, load_cores=load_cores)
+    summaries = harness.summarise(results, rss)
+    click.echo(f"\n{title} (event loop: {loop}; medians of accepted runs; RSS: the largest "
+               f"seen after load)\n")
+    click.echo(_table(summaries, baseline))
+    refused = [r for r in results if r.refused]
+    if refused:
+        click.echo(f"\n{len(refused)} run(s) refused: "
+                   + "; ".join(sorted({f'{r.server} c={r.connections}: {r.refused}'
+                                       for r in refused})))
+    if save is not None:
+        save.write_text(json.dumps({"title": title, "loop": loop,
+                                    "runs": [asdict(r) for r in results], "rss_mib": rss},
+                                   indent=1))
+    if any(not s.accepted for s in summaries):
+        sys.exit(2)  # a cell without one accepted run has no figure to report
+
+
+_RUN_OPTIONS = [
+    click.option("--runs", type=click.IntRange(1, 50), default=3, show_default=True,
+                 help="Rounds; every figure is a median over them."),
+    click.option("--duration", type=click.FloatRange(1, 600), default=10, show_default=True,
+                 help="Seconds per run."),
+    click.option("--warmup", type=click.FloatRange(0.5, 60), default=3, show_default=True,
+                 help="Seconds of load before measuring each started server."),
+    click.option("--attempts", type=click.IntRange(1, 10), default=3, show_default=True,
+                 help="Tries per run before giving up on a refused one."),
+    click.option("--loop", "loop_kind", type=click.Choice(["auto", "asyncio", "uvloop"]),
+                 default="auto", show_default=True,
+                 help="Event loop of every server (auto: uvloop when installed)."),
+    click.option("--loadgen-max", type=float, default=Limits.loadgen_max, show_default=True,
+                 help="Refuse runs where the load generator used more of its core."),
+    click.option("--server-min", type=float, default=Limits.server_min, show_default=True,
+                 help="Refuse runs where the server used less of its core."),
+    click.option("--save", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="Also write every run as JSON here."),
+]
+
+
+def _run_options(f: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(_RUN_OPTIONS):
+        f = option(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Benchmarks of the federation router (loopback only)."""
+
+
+@main.command()
+@click.option("--connections", default="16,64", show_default=True,
+              help="Connection counts, comma separated.")
+@click.option("--members", "member_count", type=click.IntRange(1, 1000), default=3,
+              show_default=True)
+@_run_options
+def throughput(connections: str, member_count: int, runs: int, duration: float,
+               warmup: float, attempts: int, loop_kind: str, loadgen_max: float,
+               server_min: float, save: Path | None) -> None:
+    """The router as shipped against a bare aiohttp app answering a fixed 307."""
+    loop = harness.choose_loop(loop_kind)
+    server_cores, load_cores = harness.pinning()
+    with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp, \
+            harness.members(member_count, churn=False, cores=load_cores) as urls:
+        workdir = Path(tmp)
+        contenders: list[Contender] = [
+            lambda: harness.reference(workdir, loop=loop, cores=server_cores),
+            lambda: harness.router("router", workdir, urls, interval=10, loop=loop,
+                                   cores=server_cores),
+        ]
+        _report("Launch redirects: router vs reference", contenders, "reference",
+                connections=_counts(connections), runs=runs, duration=duration, warmup=warmup,
+                attempts=attempts, limits=Limits(loadgen_max, server_min), loop=loop,
+                save=save)
+
+
+@main.command()
+@click.option("--connections", default="16", show_default=True,
+              help="Connection counts, comma separated.")
+@click.option("--churn/--no-churn", default=True, show_default=True,
+              help="Members report new pod counts all the time, so every probe rebuilds "
+                   "the routing table (as in production).")
+@_run_options
+def probing(connections: str, churn: bool, runs: int, duration: float, warmup: float,
+            attempts: int, loop_kind: str, loadgen_max: float, server_min: float,
+            save: Path | None) -> None:
+    """Router throughput with 100 members probed every second vs 3 members every 10 s."""
+    loop = harness.choose_loop(loop_kind)
+    server_cores, load_cores = harness.pinning()
+    with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp, \
+            harness.members(100, churn=churn, cores=load_cores) as urls:
+        workdir = Path(tmp)
+        small, large = "3 members probed every 10 s", "100 members probed every 1 s"
+        contenders: list[Contender] = [
+            lambda: harness.router(small, workdir, urls[:3], interval=10, loop=loop,
+                                   cores=server_cores),
+            lambda: harness.router(large, workdir, urls, interval=1, loop=loop,
+                                   cores=server_cores),
+        ]
+        _report(f"Probing overhead (member pod counts {'changing' if churn else 'steady'})",
+                contenders, small, connections=_counts(connections), runs=runs, duration=duration,
+                warmup=warmup, attempts=attempts, limits=Limits(loadgen_max, server_min),
+                loop=loop, save=save)
+
+
+@main.command()
+@click.option("--decisions", type=click.IntRange(1000, 10_000_000), default=50_000,
+              show_default=True, help="Decisions timed per size and case.")
+def placement(decisions: int) -> None:
+    """Microseconds per routing decision (parse_launch + RoutingTable.route)."""
+    server_cores, _ = harness.pinning()
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, server_cores)  # time decisions on a core of their own
+    click.echo("\nRouting decisions (parse_launch + RoutingTable.route, bounded loads; cached: "
+               "repositories from the pool, cold: a new repository every call)\n")
+    click.echo(placement_table(run_placement(decisions=decisions)))
+
+
+@main.command(name="all")
+@click.pass_context
+def run_all(ctx: click.Context) -> None:
+    """placement, throughput and probing with their defaults."""
+    for command in (placement, throughput, probing):
+        with contextlib.suppress(SystemExit):  # a refused cell must not hide the others
+            ctx.invoke(command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Bounded loads over real sockets: a hot repository spills over and comes back.
+
+The simulated members report their pods in /health like BinderHub; the router adds the
+launches it sent each member since that report. Tests turn the members' pod counts and
+quotas, or let the router's own count grow, and watch where the 307s point.
+"""
+
+from __future__ import annotations
+
+from aiohttp import ClientSession
+
+from federation.demo import MemberControls
+from federation.launch import parse_launch
+from tests.conftest import Federation, StartFederation
+
+SLOW_PROBES = {"interval": 30}  # after the first round, no probe interrupts the test
+
+
+def hot_repository(fed: Federation, order: list[str]) -> str:
+    """A launch path whose repository ranks the members in exactly ``order``."""
+    for i in range(10_000):
+        path = f"/build/gh/hot-org/repo{i}/HEAD"
+        ranking = fed.state.table.ranking(parse_launch(path).key)
+        if [r.name for r in ranking] == order:
+            return path
+    raise AssertionError(f"no repository ranks {order}")
+
+
+async def member_of(fed: Federation, path: str) -> str:
+    """Launch ``path`` once and return the member the 307 points at."""
+    response = await fed.launch(path)
+    assert response.status == 307
+    return fed.member_by_url(response.headers["Location"])
+
+
+async def redirects(fed: Federation, member: str, reason: str) -> float:
+    """The router's ``federation_redirects_total`` for one member and reason."""
+    async with ClientSession() as session, session.get(fed.client.make_url("/metrics")) as r:
+        text = await r.text()
+    prefix = f'federation_redirects_total{{member="{member}",reason="{reason}"}} '
+    return next((float(line[len(prefix):]) for line in text.splitlines()
+                 if line.startswith(prefix)), 0.0)
+
+
+async def test_hot_repository_spills_at_its_bound_and_comes_back(
+    start_federation: StartFederation,
+) -> None:
+    """When the home member's reported pods pass its bound ceil(1.25·(L+1)·w/W), launches go
+    to the second-ranked member and are counted as spill-overs; once its pods drop, the
+    repository goes home again."""
+    fed = await start_federation(["a", "b", "c"], weights={"a": 10, "b": 10, "c": 10},
+                                 routing={"strategy": "bounded"})
+    path = hot_repository(fed, ["a", "b", "c"])
+    assert await member_of(fed, path) == "a"
+    fed.members["a"].controls.extra_pods = 30  # bound for a: ceil(1.25 · 31 / 3) = 13
+    await fed.wait_for(lambda: fed.state.table.by_name["a"].pods == 30)
+    assert [await member_of(fed, path) for _ in range(3)] == ["b", "b", "b"]
+    assert await redirects(fed, "b", "spill-over") == 3
+    fed.members["a"].controls.extra_pods = 0
+    await fed.wait_for(lambda: fed.state.table.by_name["a"].pods == 0)
+    assert await member_of(fed, path) == "a"
+    assert await redirects(fed, "a", "load_balancer") == 2
+
+
+async def test_launches_sent_since_the_probe_count_toward_the_bound(
+    start_federation: StartFederation,
+) -> None:
+    """Between two probes the router counts its own redirects: with two equal members the
+    third launch in a row spills (bound ceil(1.25·3/2) = 2). The next probe replaces that
+    count with the member's real pods (none: nobody followed the redirects), so the
+    repository goes home again."""
+    fed = await start_federation(["a", "b"], weights={"a": 10, "b": 10}, health=SLOW_PROBES)
+    path = hot_repository(fed, ["a", "b"])
+    assert [await member_of(fed, path) for _ in range(3)] == ["a", "a", "b"]
+    assert fed.state.sent == {"a": 2, "b": 1}
+    fed.write_config({**fed.config_doc,
+                      "health": {**fed.config_doc["health"], "timeout": 0.4}})
+    await fed.wait_for(lambda: fed.state.sent == {"a": 0, "b": 0}, what="a new probe round")
+    assert await member_of(fed, path) == "a"
+
+
+async def test_member_at_its_quota_headroom_spills_below_its_bound(
+    start_federation: StartFederation,
+) -> None:
+    """A heavy member far below its load bound still takes no launch that would put it at
+    its quota minus headroom (quota 20, headroom 10: room for one more at 9 pods)."""
+    fed = await start_federation(
+        {"a": MemberControls(quota=20, extra_pods=9), "b": MemberControls(quota=1000)},
+        weights={"a": 100, "b": 10}, health=SLOW_PROBES)
+    path = hot_repository(fed, ["a", "b"])
+    assert await member_of(fed, path) == "a"
+    assert await member_of(fed, path) == "b"
+    assert await redirects(fed, "b", "spill-over") == 1
+
+
+async def test_rendezvous_strategy_keeps_a_hot_repository_home(
+    start_federation: StartFederation,
+) -> None:
+    """Plain rendezvous ignores loads: the home member takes the repository until its probe
+    says it is full, which is the hot spot bounded loads exist to avoid."""
+    fed = await start_federation(["a", "b"], weights={"a": 10, "b": 10},
+                                 routing={"strategy": "rendezvous"}, health=SLOW_PROBES)
+    path = hot_repository(fed, ["a", "b"])
+    assert [await member_of(fed, path) for _ in range(5)] == ["a"] * 5
