@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import cast
 from urllib.parse import urlsplit
 
 import click
@@ -43,8 +44,7 @@ class _Connection(asyncio.Protocol):
         self.errors = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._send()
 
     def _send(self) -> None:
@@ -106,7 +106,7 @@ async def drive(url: str, *, connections: int, duration: float, pool: int) -> di
         await loop.create_connection(_returning(protocol), host, port)
         conns.append(protocol)
         waits.append(done)
-    await asyncio.gather(*waits)
+    await asyncio.wait_for(asyncio.gather(*waits), duration + 10)  # a stuck server fails
     elapsed = time.perf_counter() - started
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
     return {"requests": len(latencies), "duration_s": elapsed,

@@ -123,9 +123,9 @@ def main(sizes: str, launches: int, quick: bool) -> None:
         for ok, line in checks(n, rows) if n in HIT_RATE_GAP else []:
             failed |= not ok
             click.echo(f"{'PASS' if ok else 'FAIL'}  {line}")
-    if quick:
-        click.echo("(--quick: a smoke run; the acceptance is the full 200,000 launches)")
-    sys.exit(1 if failed else 0)
+    if quick:  # the thresholds are for the full trace: a short one is mostly warm-up
+        click.echo("(--quick: a smoke run, exit status 0; the acceptance is 200,000 launches)")
+    sys.exit(1 if failed and not quick else 0)
 
 
 if __name__ == "__main__":

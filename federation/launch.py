@@ -31,6 +31,10 @@ _FIGSHARE_VERSION = re.compile(r"\.v\d+$")
 _HYDROSHARE_ID = re.compile(r"[0-9a-f]{32}")
 _GIT_SCHEMES = frozenset({"http", "https", "git", "ssh"})
 _MAX_PATH = 4096
+# Segments a browser collapses when it follows the redirect (WHATWG URL: "%2e" is a dot, "\\"
+# a slash in http URLs): with them the Location would lead out of /build/ on the member.
+# No repository name or git ref can be one of them or contain a backslash.
+_DOT_SEGMENTS = frozenset({".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,8 @@ def _parse_path(path: str) -> LaunchKey:
         raise LaunchPathError(path, f"launch path longer than {_MAX_PATH} characters", status=414)
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
         raise LaunchPathError(path, "launch path contains control characters")
+    if "\\" in path or not _DOT_SEGMENTS.isdisjoint(path.lower().split("/")):
+        raise LaunchPathError(path, "launch path contains '.' or '..' segments or a backslash")
     kind: LaunchKind
     if path.startswith("/build/"):
         kind, rest = "build", path[len("/build/"):]

@@ -23,7 +23,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from federation.config import Config, Member, Strategy
@@ -61,10 +61,10 @@ def derive_quotas(baseline: Config, target: Config, *, concurrency: float, utili
     routing, not hardware, so members keep their baseline quota; added ones get the same
     pods per unit of weight.
     """
-    names = {m.name for m in target.members}
-    for name in sorted(set(given) - names):
+    unknown = sorted(set(given) - {m.name for m in target.members})
+    if unknown:
         raise ConfigError("a quota for a member the federation does not have",
-                          source=target.source, member=name)
+                          source=target.source, member=unknown[0])
     base = {m.name: m.weight for m in baseline.members}
     per_weight = concurrency / max(sum(base.values()), 1e-9) / utilisation
     return {m.name: given.get(m.name, round(base.get(m.name, m.weight) * per_weight))
@@ -106,8 +106,12 @@ class WhatIf:
                 raise ConfigError("a member of that name exists already", source=config.source,
                                   member=name)
             known.add(name)
-            members.append(Member(name=name, url=f"https://{name}.simulated.invalid",
-                                  weight=weight))
+            try:
+                members.append(Member(name=name, url=f"https://{name}.simulated.invalid",
+                                      weight=weight))
+            except ValueError:  # pydantic's ValidationError: the name
+                raise ConfigError("member names are 1-63 letters, digits, '.', '_' or '-'",
+                                  source=config.source, member=name) from None
         return replace(config, members=tuple(members))
 
 
@@ -130,12 +134,7 @@ def home_members(config: Config, quotas: Mapping[str, int], keys: Iterable[str],
     """Each key's home: the member an idle, healthy federation ranks first (as ``route``)."""
     table = build_table(config, _healths(config, quotas, {}, report_quota=report_quota), {},
                         now=0.0)
-    return {key: _first(table, key) for key in keys}
-
-
-def _first(table: RoutingTable, key: str) -> str | None:
-    ranking = table.ranking(key)
-    return ranking[0].name if ranking else None
+    return {key: next((r.name for r in table.ranking(key)), None) for key in keys}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +150,7 @@ class Moves:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"repositories": self.repositories, "repositories_moved": self.repositories_moved,
-                "launches": self.launches, "launches_moved": self.launches_moved,
-                "gained": dict(self.gained), "lost": dict(self.lost)}
+        return {**asdict(self), "gained": dict(self.gained), "lost": dict(self.lost)}
 
 
 def home_moves(before: Mapping[str, str | None], after: Mapping[str, str | None],
@@ -189,12 +186,9 @@ class MemberResult:
         return self.peak_load / max(self.quota, 1)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {"name": self.name, "weight": self.weight, "quota": self.quota,
-                "launches": self.launches, "builds": self.builds,
-                "hit_rate": round(self.hit_rate, 5), "peak_load": self.peak_load,
-                "peak_load_over_quota": round(self.peak_load_over_quota, 4),
-                "spill_overs": self.spill_overs}
+        """JSON-ready form, with the derived rates."""
+        return {**asdict(self), "hit_rate": round(self.hit_rate, 5),
+                "peak_load_over_quota": round(self.peak_load_over_quota, 4)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +198,7 @@ class StrategyResult:
     strategy: str
     launches: int
     home: int  # launches placed on their repository's home member
-    fallbacks: int  # launches every member was at its bound for (the home took them)
+    fallbacks: int  # launches no member had room for (placed by the fallback rule)
     refused: int  # launches no member could take (the router answers 503)
     over_quota: int  # launches placed on a member already at or above its quota
     members: tuple[MemberResult, ...]
@@ -254,8 +248,8 @@ class _Replay:
                  *, probe_interval: float, report_quota: bool, sample_every: float) -> None:
         self.config, self.quotas, self.homes = config, quotas, homes
         self.names = tuple(m.name for m in config.members)
-        self.interval, self.report_quota, self.sample_every = (probe_interval, report_quota,
-                                                               sample_every)
+        self.interval, self.report_quota = probe_interval, report_quota
+        self.sample_every = sample_every
         self.load = dict.fromkeys(self.names, 0)
         self.sent: dict[str, int] = {}
         self.ends: list[tuple[float, str]] = []

@@ -114,8 +114,8 @@ def zipf_trace(workload: ZipfWorkload) -> Trace:
         launches.append(Launch(at, key, rng.expovariate(1.0 / w.session_lifetime)))
         at += rng.expovariate(w.rate)
     return Trace(tuple(launches),
-                 f"synthetic Zipf {w.exponent:g} over {w.repos:,} repositories, {w.rate:g} "
-                 f"launches per second, sessions {w.session_lifetime:g} s, seed {w.seed}")
+                 f"synthetic Zipf {w.exponent:g} over {w.repos:,} repositories, arrivals "
+                 f"{w.rate:g}/s, sessions {w.session_lifetime:g} s on average, seed {w.seed}")
 
 
 def read_archive(paths: Sequence[str | Path], *, session_lifetime: float, seed: int) -> Trace:
