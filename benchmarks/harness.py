@@ -221,6 +221,7 @@ class Run:
     server_cpu: float  # share of one core the server used during the run
     loadgen_cpu: float  # likewise for the load generator
     refused: str | None = None  # why this run does not count
+    round_no: int = 0  # which round of the benchmark it belongs to (pairs runs)
 
     @property
     def cpu_us(self) -> float:

@@ -19,11 +19,14 @@ import contextlib
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import timeit
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import click
@@ -57,33 +60,82 @@ def _loadgen_name() -> str:
     return (version.stdout or version.stderr).decode().split("\n")[0].split(" Copyright")[0]
 
 
-def _measure(contenders: Sequence[Contender], *, connections: Sequence[int], runs: int,
-             duration: float, warmup: float, attempts: int, limits: Limits,
-             server_cores: set[int], load_cores: set[int]
+@dataclass(frozen=True)
+class _Plan:
+    """How to load the contenders: levels, rounds, seconds, retries and the refusal rule."""
+
+    connections: Sequence[int]
+    runs: int
+    duration: float
+    warmup: float
+    attempts: int
+    limits: Limits
+    server_cores: set[int]
+    load_cores: set[int]
+
+
+def _load(server: Server, conns: int, round_no: int, plan: _Plan) -> list[Run]:
+    """One run of ``server`` at ``conns`` connections, retried while refused."""
+    runs = []
+    for _ in range(plan.attempts):
+        run = replace(harness.drive(server, connections=conns, duration=plan.duration,
+                                    cores=plan.load_cores, server_cores=plan.server_cores,
+                                    limits=plan.limits), round_no=round_no)
+        runs.append(run)
+        verdict = f"REFUSED: {run.refused}" if run.refused else "ok"
+        click.echo(f"  round {round_no} {server.name:<30} c={conns:<3} {run.rps:7.0f} req/s "
+                   f"p99 {run.p99_ms:6.2f} ms, server {run.server_cpu:4.0%} CPU "
+                   f"{run.cpu_us:5.1f} µs/req, load {run.loadgen_cpu:4.0%} CPU: {verdict}",
+                   err=True)
+        if run.refused is None:
+            break
+    return runs
+
+
+def _warm(server: Server, plan: _Plan) -> None:
+    harness.drive(server, connections=max(plan.connections), duration=plan.warmup,
+                  cores=plan.load_cores, server_cores=plan.server_cores, limits=plan.limits)
+
+
+def _measure(contenders: Sequence[Contender], plan: _Plan, *, together: bool
              ) -> tuple[list[Run], dict[str, list[float]]]:
-    """Each round starts each contender alone, warms it up, then loads it at each level."""
+    """Load every contender at every level, round after round.
+
+    ``together``: all contenders run side by side and are loaded in turn, run after run, so
+    each round pairs runs made seconds apart (an idle contender costs its core nothing).
+    Otherwise each round starts each contender alone (one whose background work would tax
+    the others, like probing 100 members, must not share the core while they are measured).
+    """
     results: list[Run] = []
     rss: dict[str, list[float]] = {}
-    for round_no in range(1, runs + 1):
+    if together:
+        with contextlib.ExitStack() as stack:
+            servers = [stack.enter_context(start()) for start in contenders]
+            for server in servers:
+                _warm(server, plan)
+            for round_no in range(1, plan.runs + 1):
+                for conns in plan.connections:
+                    for server in servers:
+                        results += _load(server, conns, round_no, plan)
+            for server in servers:
+                rss[server.name] = [server.rss_mib()]
+        return results, rss
+    for round_no in range(1, plan.runs + 1):
         for start in contenders:
             with start() as server:
-                harness.drive(server, connections=max(connections), duration=warmup,
-                              cores=load_cores, server_cores=server_cores, limits=limits)
-                for conns in connections:
-                    for attempt in range(1, attempts + 1):
-                        run = harness.drive(server, connections=conns, duration=duration,
-                                            cores=load_cores, server_cores=server_cores,
-                                            limits=limits)
-                        results.append(run)
-                        verdict = f"REFUSED: {run.refused}" if run.refused else "ok"
-                        click.echo(f"  round {round_no} {server.name:<30} c={conns:<3} "
-                                   f"{run.rps:7.0f} req/s p99 {run.p99_ms:6.2f} ms, server "
-                                   f"{run.server_cpu:4.0%} CPU {run.cpu_us:5.1f} µs/req, load "
-                                   f"{run.loadgen_cpu:4.0%} CPU: {verdict}", err=True)
-                        if run.refused is None or attempt == attempts:
-                            break
+                _warm(server, plan)
+                for conns in plan.connections:
+                    results += _load(server, conns, round_no, plan)
                 rss.setdefault(server.name, []).append(server.rss_mib())
     return results, rss
+
+
+def _paired(s: Summary, b: Summary, attribute: str) -> float:
+    """Median over rounds of ``s``'s figure divided by the baseline's in the same round."""
+    base = {r.round_no: getattr(r, attribute) for r in b.accepted}
+    ratios = [getattr(r, attribute) / base[r.round_no] for r in s.accepted
+              if r.round_no in base]
+    return statistics.median(ratios) if ratios else float("nan")
 
 
 def _fmt(value: float, spec: str) -> str:
@@ -99,8 +151,7 @@ def _table(summaries: Sequence[Summary], baseline: str) -> str:
         b = base.get(s.connections)
         ratio = p99 = float("nan")
         if b is not None and s is not b:
-            ratio = s.median("rps") / b.median("rps")
-            p99 = s.median("p99_ms") / b.median("p99_ms")
+            ratio, p99 = _paired(s, b, "rps"), _paired(s, b, "p99_ms")
         errors = sum(r.errors for r in s.accepted)
         rss = max(s.rss_mib) if s.rss_mib else float("nan")
         lines.append(f"| {s.connections} | {s.server} | {_fmt(s.median('rps'), ',.0f')} | "
@@ -113,17 +164,18 @@ def _table(summaries: Sequence[Summary], baseline: str) -> str:
 
 def _report(title: str, contenders: Sequence[Contender], baseline: str, *,
             connections: Sequence[int], runs: int, duration: float, warmup: float,
-            attempts: int, limits: Limits, loop: str, save: Path | None) -> None:
+            attempts: int, limits: Limits, loop: str, save: Path | None,
+            together: bool) -> None:
     server_cores, load_cores = harness.pinning()
     click.echo(f"{title}: {runs} runs of {duration:g} s per cell, loop {loop}, load by "
                f"{_loadgen_name()}; servers on cores {sorted(server_cores)}, load on "
                f"{sorted(load_cores)}", err=True)
-    results, rss = _measure(contenders, connections=connections, runs=runs, duration=duration,
-                            warmup=warmup, attempts=attempts, limits=limits,
-                            server_cores=server_cores, load_cores=load_cores)
+    plan = _Plan(connections, runs, duration, warmup, attempts, limits, server_cores,
+                 load_cores)
+    results, rss = _measure(contenders, plan, together=together)
     summaries = harness.summarise(results, rss)
-    click.echo(f"\n{title} (event loop: {loop}; medians of accepted runs; RSS: the largest "
-               f"seen after load)\n")
+    click.echo(f"\n{title} (event loop: {loop}; medians of accepted runs; ratios: median over "
+               f"rounds of same-round pairs; RSS: the largest seen after load)\n")
     click.echo(_table(summaries, baseline))
     refused = [r for r in results if r.refused]
     if refused:
@@ -145,7 +197,7 @@ _RUN_OPTIONS = [
                  help="Seconds per run."),
     click.option("--warmup", type=click.FloatRange(0.5, 60), default=3, show_default=True,
                  help="Seconds of load before measuring each started server."),
-    click.option("--attempts", type=click.IntRange(1, 10), default=3, show_default=True,
+    click.option("--attempts", type=click.IntRange(1, 10), default=4, show_default=True,
                  help="Tries per run before giving up on a refused one."),
     click.option("--loop", "loop_kind", type=click.Choice(["auto", "asyncio", "uvloop"]),
                  default="auto", show_default=True,
@@ -193,11 +245,11 @@ def throughput(connections: str, member_count: int, runs: int, duration: float,
         _report("Launch redirects: router vs reference", contenders, "reference",
                 connections=_counts(connections), runs=runs, duration=duration, warmup=warmup,
                 attempts=attempts, limits=Limits(loadgen_max, server_min), loop=loop,
-                save=save)
+                save=save, together=True)
 
 
 @main.command()
-@click.option("--connections", default="16", show_default=True,
+@click.option("--connections", default="64", show_default=True,
               help="Connection counts, comma separated.")
 @click.option("--churn/--no-churn", default=True, show_default=True,
               help="Members report new pod counts all the time, so every probe rebuilds "
@@ -206,23 +258,29 @@ def throughput(connections: str, member_count: int, runs: int, duration: float,
 def probing(connections: str, churn: bool, runs: int, duration: float, warmup: float,
             attempts: int, loop_kind: str, loadgen_max: float, server_min: float,
             save: Path | None) -> None:
-    """Router throughput with 100 members probed every second vs 3 members every 10 s."""
+    """Router throughput with 100 members probed every second vs 3 members every 10 s.
+
+    A third router, 100 members probed every 10 s, separates what the member count costs
+    each launch from what probing costs.
+    """
     loop = harness.choose_loop(loop_kind)
     server_cores, load_cores = harness.pinning()
     with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp, \
             harness.members(100, churn=churn, cores=load_cores) as urls:
         workdir = Path(tmp)
-        small, large = "3 members probed every 10 s", "100 members probed every 1 s"
+        small = "3 members probed every 10 s"
+        # The middle row tells the cost of 100 members apart from the cost of probing them.
+        sizes = ((small, 3, 10.0), ("100 members probed every 10 s", 100, 10.0),
+                 ("100 members probed every 1 s", 100, 1.0))
         contenders: list[Contender] = [
-            lambda: harness.router(small, workdir, urls[:3], interval=10, loop=loop,
-                                   cores=server_cores),
-            lambda: harness.router(large, workdir, urls, interval=1, loop=loop,
-                                   cores=server_cores),
+            partial(harness.router, name, workdir, urls[:count], interval=interval, loop=loop,
+                    cores=server_cores)
+            for name, count, interval in sizes
         ]
         _report(f"Probing overhead (member pod counts {'changing' if churn else 'steady'})",
                 contenders, small, connections=_counts(connections), runs=runs, duration=duration,
                 warmup=warmup, attempts=attempts, limits=Limits(loadgen_max, server_min),
-                loop=loop, save=save)
+                loop=loop, save=save, together=False)
 
 
 @main.command()
@@ -236,6 +294,9 @@ def placement(decisions: int) -> None:
     click.echo("\nRouting decisions (parse_launch + RoutingTable.route, bounded loads; cached: "
                "repositories from the pool, cold: a new repository every call)\n")
     click.echo(placement_table(run_placement(decisions=decisions)))
+    yardstick = min(timeit.repeat("sum(range(100))", number=20_000, repeat=5)) / 20_000 * 1e6
+    click.echo(f"\nYardstick for comparing machines: sum(range(100)) takes {yardstick:.2f} µs "
+               "here.")
 
 
 @main.command(name="all")

@@ -14,6 +14,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import lru_cache
 from typing import Protocol
 
 import aiohttp
@@ -98,72 +99,76 @@ class _Launcher:
         self.state = state
         self.rng = rng
         self.metrics = state.metrics
-        self._counters: dict[tuple[str, str], Callable[[], None]] = {}
         self._latency = state.metrics.route_latency["launch"]
+        self._counters: dict[tuple[str, str], Callable[[], None]] = {}
         self._cookie_heads: dict[tuple[str, float], str] = {}
 
-    def _count(self, member: str, reason: str) -> None:
-        inc = self._counters.get((member, reason))
-        if inc is None:
-            inc = self._counters[(member, reason)] = self.metrics.redirect_counter(
-                member, reason).inc
-        inc()
-
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Answer a launch with a 307 to its member, without awaiting anything.
+
+        This runs for every launch, so it keeps to lookups: parsed keys, rankings, home
+        decisions, metric children and cookie prefixes are all made once and reused.
+        """
         started = time.perf_counter()
         try:
-            return self._launch(request)
+            if request.method == "OPTIONS":
+                return web.Response(status=204, headers={
+                    **_CORS, "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+                    "Access-Control-Max-Age": "86400"})
+            raw = request_target(request)
+            try:
+                launch = parse_launch(raw)
+            except LaunchPathError as e:
+                self.metrics.bad_launch.inc()
+                return _refusal(request, e.status, e.reason)
+            state = self.state
+            table = state.table
+            # Parsing cookies costs more than routing; launches without any are the norm.
+            cookie = request.cookies.get("host") if hdrs.COOKIE in request.headers else None
+            decision = table.route(launch, cookie=cookie, loads=state.sent, rng=self.rng)
+            if decision is None:
+                self.metrics.no_member.inc()
+                return _refusal(request, 503, "No member of the federation can take launches "
+                                "right now. Please try again in a minute.", {"Retry-After": "30"})
+            member = decision.member
+            state.note_launch(member.name)
+            counted = (member.name, decision.reason)
+            (self._counters.get(counted) or self._counter(counted))()
+            headers = {"Location": member.url + raw, **_CORS}
+            hours = table.config.routing.sticky_cookie_hours
+            if hours > 0 and launch.kind == "build" and _cookie_safe(launch.cookie_path):
+                head = self._cookie_heads.get((member.url, hours)) or self._cookie_head(
+                    member.url, hours)
+                headers["Set-Cookie"] = head + launch.cookie_path
+            rate = table.config.logging.access_log
+            if rate > 0 and self.rng.random() < rate:
+                access_log.info("launch", key=launch.key, member=member.name,
+                                reason=decision.reason)
+            return web.Response(status=307, headers=headers)
         finally:
             self._latency.observe(time.perf_counter() - started)
 
-    def _launch(self, request: web.Request) -> web.StreamResponse:
-        if request.method == "OPTIONS":
-            return web.Response(status=204, headers={
-                **_CORS, "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
-                "Access-Control-Max-Age": "86400"})
-        raw = request_target(request)
-        try:
-            launch = parse_launch(raw)
-        except LaunchPathError as e:
-            self.metrics.bad_launch.inc()
-            return _refusal(request, e.status, e.reason)
-        state = self.state
-        table = state.table
-        # Parsing cookies costs more than the routing; launches without any are the norm.
-        cookie = request.cookies.get("host") if hdrs.COOKIE in request.headers else None
-        decision = table.route(launch, cookie=cookie, loads=state.sent, rng=self.rng)
-        if decision is None:
-            self.metrics.no_member.inc()
-            return _refusal(request, 503, "No member of the federation can take launches right "
-                            "now. Please try again in a minute.", {"Retry-After": "30"})
-        member = decision.member
-        state.note_launch(member.name)
-        self._count(member.name, decision.reason)
-        headers = {"Location": member.url + raw, **_CORS}
-        hours = table.config.routing.sticky_cookie_hours
-        cookie_path = launch.cookie_path
-        if hours > 0 and launch.kind == "build" and _cookie_safe(cookie_path):
-            headers["Set-Cookie"] = self._cookie_head(member.url, hours) + cookie_path
-        rate = table.config.logging.access_log
-        if rate > 0 and self.rng.random() < rate:
-            access_log.info("launch", key=launch.key, member=member.name,
-                            reason=decision.reason)
-        return web.Response(status=307, headers=headers)
+    def _counter(self, counted: tuple[str, str]) -> Callable[[], None]:
+        """The redirect counter child for (member, reason), resolved once."""
+        inc = self._counters[counted] = self.metrics.redirect_counter(*counted).inc
+        return inc
 
     def _cookie_head(self, url: str, hours: float) -> str:
         """The ``Set-Cookie`` value up to its Path, formatted once per member and max age."""
-        head = self._cookie_heads.get((url, hours))
-        if head is None:
-            head = self._cookie_heads[(url, hours)] = (
-                f'host="{url}"; Max-Age={int(hours * 3600)}; Path=')
+        head = self._cookie_heads[(url, hours)] = (
+            f'host="{url}"; Max-Age={int(hours * 3600)}; Path=')
         return head
 
 
 _COOKIE_UNSAFE = re.compile(r'[;," \\]')
 
 
+@lru_cache(maxsize=8192)
 def _cookie_safe(path: str) -> bool:
-    """A cookie Path must not carry attribute separators or quotes from the request."""
+    """A cookie Path must not carry attribute separators or quotes from the request.
+
+    Memoized: every launch of a repository asks about the same path.
+    """
     return _COOKIE_UNSAFE.search(path) is None
 
 
@@ -266,10 +271,15 @@ def create_app(
     limits = config.limits
     # Per-connection limits of aiohttp's server; they bind whichever runner serves the app.
     # keepalive_timeout also closes a connection that has not sent a whole request head in
-    # that time (aiohttp arms it at connect), which is what stops slowloris clients.
+    # that time (aiohttp arms it at connect), which is what stops slowloris clients. A client
+    # that hangs up cancels its handler, so a proxied request frees its pooled connection to
+    # the member at once (run_app's default would wait for the member; the test server's
+    # default is this one, so tests see what production does). Bodies are passed to the UI
+    # member as sent, with their Content-Encoding, so they are not decompressed here.
     app = web.Application(client_max_size=limits.max_body_bytes, handler_args={
         "max_line_size": limits.max_request_line, "max_field_size": limits.max_header_size,
-        "max_headers": limits.max_headers, "keepalive_timeout": limits.client_timeout})
+        "max_headers": limits.max_headers, "keepalive_timeout": limits.client_timeout,
+        "handler_cancellation": True, "auto_decompress": False})
     state = RouterState(config, metrics=metrics)
     app[STATE] = state
     launcher = _Launcher(state, rng or random.Random())

@@ -75,6 +75,8 @@ async def _read_body(request: web.BaseRequest, limits: Limits) -> bytes | None:
                     raise too_large
     except TimeoutError as e:
         raise ProxyError(408, "body_timeout", "the request body did not arrive in time") from e
+    except (ConnectionResetError, web.RequestPayloadError) as e:  # client gone, or bad chunks
+        raise ProxyError(400, "body_broken", "the request body was cut off or malformed") from e
     return bytes(body)
 
 

@@ -139,17 +139,36 @@ class RoutingTable:
         if strategy is Strategy.RANDOM:
             name = random_choice(self._weights, rng or random.Random())
             return Decision(self.by_name[name or self.routable[0].name], reason)
-        ranking = self.ranking(launch.key)
-        if strategy is Strategy.RENDEZVOUS:
-            return Decision(self.by_name[ranking[0].name], reason, ranking)
-        if ranking and self._home_has_room(ranking[0].name, loads or {}):
-            return Decision(self.by_name[ranking[0].name], reason, ranking)
+        home = self._homes.get(launch.key) or self._home(launch.key, reason)
+        if home is not None and (strategy is Strategy.RENDEZVOUS
+                                 or self._home_has_room(home.member.name, loads or {})):
+            return home
+        ranking = home.ranking if home is not None else ()
         choice = bounded_choice(ranking, self._candidates,
                                 load_factor=self.config.routing.load_factor, sent=loads)
         assert choice is not None  # routable is not empty
         if choice.reason in ("spill-over", "fallback") and not self.panic:
             reason = choice.reason
         return Decision(self.by_name[choice.member], reason, ranking)
+
+    @cached_property
+    def _homes(self) -> dict[str, Decision]:
+        """Decisions sending a key to its home member, made once per key and snapshot."""
+        return {}
+
+    def _home(self, key: str, reason: RedirectReason) -> Decision | None:
+        """The decision sending ``key`` to the first member of its ranking, memoized.
+
+        Both are fixed for a snapshot (only the load check is not, and it is made per
+        launch), so a launch of a known repository allocates nothing to be routed home.
+        """
+        ranking = self._ranker(key)
+        if not ranking:
+            return None
+        if len(self._homes) >= RANK_CACHE_SIZE:
+            self._homes.clear()
+        home = self._homes[key] = Decision(self.by_name[ranking[0].name], reason, ranking)
+        return home
 
     def _home_has_room(self, home: str, sent: Mapping[str, int]) -> bool:
         """Whether ``bounded_choice`` would stop at its first step, the repository's home.
@@ -158,22 +177,24 @@ class RoutingTable:
         pass in C over the launches sent since the last probes, instead of building the
         walk's lists per launch; any other answer takes the full walk.
         """
-        names, pods, total_weight = self._load_base
-        c = self._candidates[home]
+        names, pods, total_weight, load_factor, by_name = self._load_base
+        c = by_name[home]
         load = c.load + sent.get(home, 0)
         if c.capacity is not None and load >= c.capacity:
             return False
         total_load = pods + sum(map(sent.get, names, repeat(0)))
-        return load < load_bound(load_factor=self.config.routing.load_factor,
-                                 total_load=total_load, weight=c.weight,
-                                 total_weight=total_weight)
+        return load < load_bound(load_factor=load_factor, total_load=total_load,
+                                 weight=c.weight, total_weight=total_weight)
 
     @cached_property
-    def _load_base(self) -> tuple[tuple[str, ...], int, float]:
-        """Names, reported pods and weight summed over what ``bounded_choice`` walks."""
+    def _load_base(self) -> tuple[tuple[str, ...], int, float, float, dict[str, Candidate]]:
+        """What ``_home_has_room`` reads, gathered once per snapshot: the names, reported
+        pods and weight summed over what ``bounded_choice`` walks, the load factor, and the
+        candidates in a plain dict."""
         live = [c for c in self._candidates.values() if c.weight > 0]  # as ``rank`` keeps
         return (tuple(c.name for c in live), sum(c.load for c in live),
-                sum(c.weight for c in live))
+                sum(c.weight for c in live), self.config.routing.load_factor,
+                dict(self._candidates))
 
     @cached_property
     def _candidates(self) -> Mapping[str, Candidate]:

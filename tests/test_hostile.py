@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import random
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -314,8 +315,6 @@ SMUGGLING = [
     b"5\r\nabcde\r\n0\r\nGET /smuggled HTTP/1.1\r\nHost: r\r\n\r\n",
     b"POST /x HTTP/1.1\r\nHost: r\r\nContent-Length: +4\r\n\r\nabcd",
     b"GET /x HTTP/1.1\r\nHost: r\r\nContent-Length: 26\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
-    b"GET /x HTTP/1.1\r\nHost: r\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: r\r\nConnection: close"
-    b"\r\n\r\n",
 ]
 
 
@@ -329,6 +328,7 @@ async def test_smuggling_attempts_never_reach_the_member_as_a_second_request(
     with nothing_unhandled():
         reply = await send_raw(port_of(fed), data)
     assert_safe(fed, reply)
+    assert reply is not None and reply.status in (200, 400)
     for _method, path, headers in fed.members["a"].requests:
         assert path != "/smuggled"
         assert "Transfer-Encoding" not in headers
@@ -388,6 +388,51 @@ async def test_bodies_over_the_limit_are_refused_before_the_member_is_contacted(
     assert seen.get("Content-Length") == "600" and "Transfer-Encoding" not in seen
 
 
+async def test_bodies_cut_off_or_malformed_midway_are_dropped_quietly(
+    start_federation: StartFederation,
+) -> None:
+    """A client that hangs up halfway through its body is forgotten, one whose chunks turn to
+    garbage halfway gets 408 after limits.body_timeout; the member is never contacted and
+    nothing unhandled is logged."""
+    fed = await start_federation(["a"], limits={"body_timeout": 0.3})
+    port = port_of(fed)
+    runner = fed.client.server.runner
+    assert runner is not None and runner.server is not None
+    server = runner.server
+    with nothing_unhandled():
+        for head, then in ((b"Content-Length: 100\r\n\r\n0123456789", None),
+                           (b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n", None),
+                           (b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n",
+                            b"zz\r\nxx\r\n0\r\n\r\n")):
+            handled = server.requests_count
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /upload HTTP/1.1\r\nHost: r\r\n" + head)
+            await fed.wait_for(lambda n=handled: server.requests_count > n,
+                               what="the router reading the body")
+            if then is None:
+                writer.transport.abort()
+                continue
+            writer.write(then)
+            async with asyncio.timeout(2):
+                reply = await _read_reply(reader)
+            writer.close()
+            assert reply is not None and reply.status == 408
+    assert proxied_paths(fed, "a") == []
+
+
+async def test_compressed_bodies_pass_through_as_sent(start_federation: StartFederation) -> None:
+    """A gzip body reaches the UI member as sent, with its Content-Encoding: the router
+    neither decompresses what it only passes on nor relabels it."""
+    fed = await start_federation(["a"])
+    body = gzip.compress(b"x" * 5000)
+    reply = await send_raw(port_of(fed), request(
+        "/zipped", method=b"POST", body=body,
+        headers=b"Content-Encoding: gzip\r\nContent-Length: %d\r\n" % len(body)))
+    assert reply is not None and reply.status == 200
+    _method, _path, seen = fed.members["a"].requests[-1]
+    assert (seen["Content-Encoding"], seen["Content-Length"]) == ("gzip", str(len(body)))
+
+
 @pytest.mark.parametrize(("what", "data"), [
     ("request line", request(b"/" + b"x" * 3000)),
     ("header", request(b"/x", headers=b"X-Big: " + b"y" * 3000 + b"\r\n")),
@@ -402,7 +447,7 @@ async def test_request_heads_over_the_limits_get_400(
     with nothing_unhandled() as logs:
         reply = await send_raw(port_of(fed), data)
     assert reply is not None and reply.status == 400, what
-    assert logs.refused_by_parser() == 1
+    assert logs.refused_by_parser == 1
     assert proxied_paths(fed, "a") == []
 
 
@@ -430,7 +475,7 @@ async def test_slow_clients_are_cut_off_and_never_hold_up_others(
     served = [await fed.launch(f"/build/gh/o/r{i}/HEAD") for i in range(20)]
     assert [r.status for r in served] == [307] * 20
     async with asyncio.timeout(2.5):
-        closed = [await reader.read() for reader, _writer in slow_heads]
+        closed = [await _until_closed(reader) for reader, _writer in slow_heads]
         timed_out = await _read_reply(body_reader)
     trickling.cancel()
     for _reader, writer in [*slow_heads, (body_reader, body_writer)]:
@@ -438,6 +483,14 @@ async def test_slow_clients_are_cut_off_and_never_hold_up_others(
     assert all(not data.startswith(b"HTTP/1.1 2") for data in closed)
     assert timed_out is not None and timed_out.status == 408
     assert proxied_paths(fed, "a") == []
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> bytes:
+    """What the server sent before closing (a reset, when our bytes were unread, is a close)."""
+    try:
+        return await reader.read()
+    except ConnectionResetError:
+        return b""
 
 
 # -- fuzz --------------------------------------------------------------------------------------
