@@ -14,10 +14,27 @@ import sys
 from typing import Literal, TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 __all__ = ["LogFormat", "configure_logging"]
 
 LogFormat = Literal["auto", "json", "console"]
+
+
+class _ClientErrorFilter(logging.Filter):
+    """Malformed requests are the client's fault and already answered 400: log one warning line.
+
+    aiohttp logs each at ERROR with a traceback, so anyone sending garbage to the public URL
+    could flood the logs and page on-call staff.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = f"{record.getMessage()}: malformed request ({exc.message[:200]})"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
 
 
 class _Writer(structlog.WriteLogger):
@@ -72,3 +89,6 @@ def configure_logging(fmt: LogFormat = "auto", *, level: int = logging.INFO,
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ClientErrorFilter) for f in server_log.filters):
+        server_log.addFilter(_ClientErrorFilter())

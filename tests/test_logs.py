@@ -162,3 +162,34 @@ async def test_launch_access_log_is_sampled(
     for event in launches:
         assert event["member"] in ("a", "b") and event["reason"] == "load_balancer"
         assert event["key"].startswith("/build/gh/org/repo") and "secret" not in event["key"]
+
+
+async def test_malformed_requests_log_one_warning_without_traceback() -> None:
+    """Garbage sent to the public port is answered 400 and logged as one warning line."""
+    import asyncio
+    import io
+    import json as jsonlib
+
+    from aiohttp import web as aioweb
+
+    from federation.logs import configure_logging
+
+    out = io.StringIO()
+    configure_logging("json", stream=out)
+    runner = aioweb.AppRunner(aioweb.Application())
+    await runner.setup()
+    await aioweb.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+        assert (await reader.read(12)).startswith(b"HTTP/1.0 400")
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await runner.cleanup()
+    events = [jsonlib.loads(line) for line in out.getvalue().splitlines()]
+    server = [e for e in events if e.get("logger") == "aiohttp.server"]
+    assert len(server) == 1
+    assert server[0]["level"] == "warning"
+    assert "malformed request (Duplicate Content-Length" in server[0]["event"]
+    assert "exception" not in server[0]
