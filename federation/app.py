@@ -26,6 +26,7 @@ from federation.config import Config, HealthSettings, load_config_text
 from federation.drains import parse_drains
 from federation.errors import ConfigError, LaunchPathError
 from federation.launch import parse_launch
+from federation.logs import quiet_malformed_requests
 from federation.metrics import Metrics
 from federation.probes import Prober, probe_delay
 from federation.proxy import ProxyError, forward, request_target
@@ -150,7 +151,7 @@ class _Launcher:
 
     def _counter(self, counted: tuple[str, str]) -> Callable[[], None]:
         """The redirect counter child for (member, reason), resolved once."""
-        inc = self._counters[counted] = self.metrics.redirect_counter(*counted).inc
+        inc = self._counters[counted] = self.metrics.redirect_counter(*counted)
         return inc
 
     def _cookie_head(self, url: str, hours: float) -> str:
@@ -268,6 +269,7 @@ def create_app(
     metrics: Metrics | None = None,
 ) -> web.Application:
     """The router for ``config``; sources, when given, are watched for live changes."""
+    quiet_malformed_requests()
     limits = config.limits
     # Per-connection limits of aiohttp's server; they bind whichever runner serves the app.
     # keepalive_timeout also closes a connection that has not sent a whole request head in
@@ -341,9 +343,11 @@ def _lifetime(
 
 
 async def _tick(state: RouterState) -> None:
-    """Rebuild while members ramp up (slow start) and until start-up readiness settles."""
+    """Rebuild while members ramp up (slow start) and until start-up readiness settles;
+    note launch totals for the recent-launch shares."""
     while True:
         await asyncio.sleep(1.0)
+        state.mark_launches()
         if state.ramping() or state.table.ready != state.ready:
             state.refresh()
 

@@ -140,6 +140,8 @@ class Routing:
 
     strategy: Strategy = Strategy.BOUNDED
     load_factor: Annotated[float, Field(ge=1.0, le=10.0)] = 1.25
+    # bounded: a member holding fewer launches than this is never over its load bound
+    bound_floor: Annotated[int, Field(ge=0, le=100_000)] = 0
     weights: WeightMode = WeightMode.CONFIGURED
     slow_start: Annotated[float, Field(ge=0)] = 300.0
     sticky_cookie_hours: Annotated[float, Field(ge=0)] = 4.0

@@ -246,7 +246,7 @@ def demo_config_text(members: list[SimulatedMember], kinds: dict[str, tuple[str,
     """A router config for running simulated members (the first is the prime)."""
     lines = [
         "# Demo federation written by `federation demo`; edit it while the demo runs.",
-        "routing:", "  strategy: bounded", "  slow_start: 30",
+        "routing:", "  strategy: bounded", "  bound_floor: 10", "  slow_start: 30",
         "health:", "  interval: 2", "  timeout: 1", "  failures_to_eject: 2",
         "  successes_to_restore: 2", "  max_backoff: 8",
         "drains:", "  file: drains.yaml",

@@ -29,21 +29,17 @@ import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiohttp
 import structlog
 import yaml
-from kubernetes_asyncio import config
-from kubernetes_asyncio.client import (
-    ApiClient,
-    ApiException,
-    Configuration,
-    CoreV1Api,
-    V1ConfigMap,
-    V1ObjectMeta,
-)
-from kubernetes_asyncio.config import ConfigException
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient, CoreV1Api
+
+# kubernetes_asyncio is imported where it is used, not here: it costs ~35 MiB of memory, and a
+# router whose config and drains are plain files never talks to Kubernetes.
 
 __all__ = [
     "RECONNECT_BACKOFF",
@@ -167,6 +163,8 @@ def _json_or_text(text: str) -> Any:
 
 async def _call(operation: str, request: Awaitable[_T], *, timeout: float) -> _T:
     """Await one API request, translating the library's failures into this module's errors."""
+    from kubernetes_asyncio.client import ApiException
+
     try:
         async with asyncio.timeout(timeout):
             return await request
@@ -186,6 +184,10 @@ async def connect(kubeconfig: str | None = None) -> ApiClient:
     account is used; otherwise `$KUBECONFIG` or `~/.kube/config`. The file is never written back.
     The caller owns the client and must close it.
     """
+    from kubernetes_asyncio import config
+    from kubernetes_asyncio.client import ApiClient, Configuration
+    from kubernetes_asyncio.config import ConfigException
+
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         configuration = Configuration()
         try:
@@ -201,6 +203,12 @@ async def connect(kubeconfig: str | None = None) -> ApiClient:
         return await config.new_client_from_config(config_file=path, persist_config=False)
     except (ConfigException, OSError, yaml.YAMLError) as e:
         raise KubeConfigError(path, str(e)) from e
+
+
+def _core(api: ApiClient) -> CoreV1Api:
+    from kubernetes_asyncio.client import CoreV1Api
+
+    return CoreV1Api(api)
 
 
 def _kubeconfig_path(kubeconfig: str | None) -> str:
@@ -237,6 +245,9 @@ def default_namespace(kubeconfig: str | None = None) -> str:
     path = _kubeconfig_path(kubeconfig)
     if not _kubeconfig_exists(path):
         return "default"
+    from kubernetes_asyncio import config
+    from kubernetes_asyncio.config import ConfigException
+
     try:
         _, current = config.list_kube_config_contexts(config_file=path)
     except (ConfigException, OSError, yaml.YAMLError):
@@ -385,6 +396,8 @@ async def watch_configmap(
     caller holds a value; the watch resumes where it was. The caller should `aclose()` the
     iterator to release the connection.
     """
+    from kubernetes_asyncio.client import CoreV1Api
+
     core = CoreV1Api(api)
     resource_version: str | None = None
     value: str | None = None
@@ -446,7 +459,7 @@ async def read_configmap_key(api: ApiClient, ref: ConfigMapRef) -> str | None:
     try:
         current = await _call(
             f"read {ref}",
-            CoreV1Api(api).read_namespaced_config_map(ref.name, ref.namespace),
+            _core(api).read_namespaced_config_map(ref.name, ref.namespace),
             timeout=_REQUEST_TIMEOUT,
         )
     except ResourceNotFound:
@@ -470,6 +483,8 @@ async def update_configmap_key(
     `attempts` conflicts in a row, ResourceConflict is raised. Returns the new text; nothing
     is written when `mutate` returns the text unchanged.
     """
+    from kubernetes_asyncio.client import CoreV1Api
+
     core = CoreV1Api(api)
     attempt = 1
     while True:
@@ -504,6 +519,8 @@ async def _update_once(
         # Create it with the key already set; if another writer creates it first, the
         # 409 AlreadyExists sends us back to the read.
         text = mutate(None)
+        from kubernetes_asyncio.client import V1ConfigMap, V1ObjectMeta
+
         body = V1ConfigMap(
             metadata=V1ObjectMeta(name=ref.name, namespace=ref.namespace), data={ref.key: text}
         )

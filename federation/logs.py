@@ -16,7 +16,7 @@ from typing import Literal, TextIO
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["LogFormat", "configure_logging"]
+__all__ = ["LogFormat", "configure_logging", "quiet_malformed_requests"]
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -31,6 +31,7 @@ class _ClientErrorFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
+            record.malformed_request = True
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.msg = f"{record.getMessage()}: malformed request ({exc.message[:200]})"
             record.args, record.exc_info, record.exc_text = None, None, None
@@ -89,6 +90,11 @@ def configure_logging(fmt: LogFormat = "auto", *, level: int = logging.INFO,
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    quiet_malformed_requests()
+
+
+def quiet_malformed_requests() -> None:
+    """Log requests aiohttp's parser refused as one warning line each (idempotent)."""
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, _ClientErrorFilter) for f in server_log.filters):
         server_log.addFilter(_ClientErrorFilter())

@@ -18,10 +18,17 @@ Each router owns its registry, so several routers (tests, workers) never share s
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from federation.health import POD_QUOTA, ProbeResult, versions_match
@@ -33,25 +40,66 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 _PROBE_OUTCOMES = ("ok", "unhealthy", "error")
 
 
-class _RedirectCountCompat(Collector):
-    """Re-exports the redirect counter under the redirector's old, unsuffixed name."""
+class _LatencyHistogram:
+    """One route kind's request durations, kept as plain bucket counts.
 
-    def __init__(self, counter: Counter) -> None:
-        self._counter = counter
+    prometheus_client's Histogram takes a lock on every observation; on the single-threaded
+    event loop that lock is pure cost, and it was the largest part of a launch's routing time.
+    """
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Record one request that took ``seconds``."""
+        self.counts[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+
+class _LaunchTally(Collector):
+    """Redirect counts and request latencies, updated as plain numbers, exported when scraped.
+
+    Exports ``federation_redirects_total`` (a Counter), ``federation_redirect_count`` (the
+    redirector's old, unsuffixed name, same values) and
+    ``federation_request_duration_seconds`` (a Histogram by route kind).
+    """
+
+    def __init__(self) -> None:
+        self.redirects: dict[tuple[str, str], int] = {}
+        self.latency = {kind: _LatencyHistogram() for kind in ("launch", "proxy", "other")}
+
+    def counter(self, member: str, reason: str) -> Callable[[], None]:
+        """A zero-argument function that counts one redirect to ``member`` for ``reason``."""
+        key = (member, reason)
+        counts = self.redirects
+        counts.setdefault(key, 0)
+
+        def count() -> None:
+            counts[key] += 1
+
+        return count
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
-            "federation_redirect_count",
-            "Launch redirects per member and reason (compatible name; see "
-            "federation_redirects_total)",
-            labels=["member", "reason"],
-        )
-        for metric in self._counter.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_total"):
-                    family.add_metric([sample.labels["member"], sample.labels["reason"]],
-                                      sample.value)
-        yield family
+        doc = "Launch redirects per member and reason"
+        counter = CounterMetricFamily("federation_redirects", doc, labels=["member", "reason"])
+        compat = GaugeMetricFamily("federation_redirect_count", doc + " (the redirector's "
+                                   "name; same values as federation_redirects_total)",
+                                   labels=["member", "reason"])
+        for (member, reason), value in sorted(self.redirects.items()):
+            counter.add_metric([member, reason], value)
+            compat.add_metric([member, reason], value)
+        latency = HistogramMetricFamily("federation_request_duration_seconds",
+                                        "Time to answer a request, by route kind",
+                                        labels=["route"])
+        bounds = [*(str(float(b)) for b in _LATENCY_BUCKETS), "+Inf"]
+        for kind, histogram in self.latency.items():
+            cumulative = list(accumulate(histogram.counts))
+            latency.add_metric([kind], list(zip(bounds, cumulative, strict=True)),
+                               histogram.total)
+        yield from (counter, compat, latency)
 
 
 class Metrics:
@@ -75,16 +123,12 @@ class Metrics:
                           ["member"], registry=r)
         self.quota = Gauge("federation_member_quota", "Pod quota the member last reported",
                            ["member"], registry=r)
-        self.redirects = Counter("federation_redirects", "Launch redirects per member and "
-                                 "reason", ["member", "reason"], registry=r)
-        r.register(_RedirectCountCompat(self.redirects))
+        self.launches = _LaunchTally()
+        r.register(self.launches)
         self.no_member = Counter("federation_launches_refused", "Launches answered 503 "
                                  "because no member could take them", registry=r)
         self.bad_launch = Counter("federation_bad_launch_paths", "Launch paths refused with "
                                   "a 4xx", registry=r)
-        self.requests = Histogram("federation_request_duration_seconds", "Time to answer a "
-                                  "request, by route kind", ["route"], buckets=_LATENCY_BUCKETS,
-                                  registry=r)
         self.proxy_errors = Counter("federation_proxy_errors", "Proxied requests that failed "
                                     "upstream", ["kind"], registry=r)
         self.probe_latency = Histogram("federation_probe_duration_seconds", "Duration of a "
@@ -105,12 +149,16 @@ class Metrics:
         self._health_reason: dict[str, str] = {}
         self._state: dict[str, str] = {}
         self._checks: dict[str, set[str]] = {}
-        self.route_latency = {kind: self.requests.labels(kind)
-                              for kind in ("launch", "proxy", "other")}
+        self._synced: dict[str, tuple[object, ...]] = {}
+        self.route_latency = self.launches.latency
 
-    def redirect_counter(self, member: str, reason: str) -> Counter:
-        """The child counter for one (member, reason); resolve once, then ``inc()``."""
-        return self.redirects.labels(member, reason)
+    def redirect_counter(self, member: str, reason: str) -> Callable[[], None]:
+        """A function counting redirects to ``member`` for ``reason``; resolve once, then call."""
+        return self.launches.counter(member, reason)
+
+    def redirect_total(self, member: str, reason: str) -> int:
+        """Redirects counted so far to ``member`` for ``reason``."""
+        return self.launches.redirects.get((member, reason), 0)
 
     def sync(self, table: RoutingTable) -> None:
         """Make member gauges show ``table``; remove series of removed members or old reasons."""
@@ -119,7 +167,16 @@ class Metrics:
             self._forget(gone)
         self._members = names
         self.panic.set(1 if table.panic else 0)
+        prime_versions = table.by_name[table.config.prime.name].health.versions
         for m in table.members:
+            # Tables are rebuilt on every visible probe change; only changed members are
+            # written, which keeps a 100-member federation's probes cheap.
+            seen = (m.status, m.health.reason, m.drain is not None, m.effective_weight, m.pods,
+                    m.quota, m.health.report, m.health.versions, prime_versions,
+                    table.config.health.versions)
+            if self._synced.get(m.name) == seen:
+                continue
+            self._synced[m.name] = seen
             in_rotation = m.status is MemberStatus.HEALTHY
             reason = {MemberStatus.HEALTHY: "", MemberStatus.FULL: POD_QUOTA,
                       MemberStatus.DRAINED: "drained"}.get(m.status)
@@ -162,6 +219,7 @@ class Metrics:
 
     def _forget(self, name: str) -> None:
         """Remove every series of a member that left the config."""
+        self._synced.pop(name, None)
         for per_member in (self.drained, self.weight, self.pods, self.quota,
                            self.probe_latency):
             with contextlib.suppress(KeyError):

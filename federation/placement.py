@@ -108,9 +108,15 @@ def random_choice(members: Sequence[tuple[str, float]], rng: random.Random) -> s
     return rng.choices([n for n, _ in live], [w for _, w in live])[0]
 
 
-def load_bound(*, load_factor: float, total_load: int, weight: float, total_weight: float) -> int:
-    """The most launches a member may hold under bounded loads: ceil(c·(L+1)·w/W)."""
-    return math.ceil(load_factor * (total_load + 1) * weight / total_weight)
+def load_bound(*, load_factor: float, total_load: int, weight: float, total_weight: float,
+               floor: int = 0) -> int:
+    """The most launches a member may hold under bounded loads: ceil(c·(L+1)·w/W).
+
+    ``floor`` keeps a nearly idle federation from spilling: with two or three launches in
+    flight the formula's bound is one or two, so a second launch of a repository would
+    already leave the member holding its image, though nothing is anywhere near loaded.
+    """
+    return max(floor, math.ceil(load_factor * (total_load + 1) * weight / total_weight))
 
 
 def bounded_choice(
@@ -119,6 +125,7 @@ def bounded_choice(
     *,
     load_factor: float,
     sent: Mapping[str, int] | None = None,
+    floor: int = 0,
 ) -> Choice | None:
     """Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam).
 
@@ -137,7 +144,7 @@ def bounded_choice(
     total_weight = sum(c.weight for c in live)
     for position, (c, load) in enumerate(zip(live, loads, strict=True)):
         bound = load_bound(load_factor=load_factor, total_load=total_load,
-                           weight=c.weight, total_weight=total_weight)
+                           weight=c.weight, total_weight=total_weight, floor=floor)
         has_room = c.capacity is None or load < c.capacity
         if load < bound and has_room:
             return Choice(c.name, "home" if position == 0 else "spill-over", position)

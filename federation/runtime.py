@@ -62,7 +62,8 @@ class RouterState:
         self.rejection: ConfigRejection | None = None
         self.sent: dict[str, int] = {}  # launches sent per member since its last probe
         self.routable_since: dict[str, float] = {}
-        self.recent: deque[tuple[float, Counter[str]]] = deque()
+        # Launch totals per member noted every _BUCKET seconds; the oldest is the baseline.
+        self.recent: deque[tuple[float, Counter[str]]] = deque([(self.started, Counter())])
         self._ready = False
         self._last_resort: str | None = None  # as last logged: see ``_last_resort()``
         self.table = self._build()
@@ -153,24 +154,33 @@ class RouterState:
     # -- request path -----------------------------------------------------------------------
 
     def note_launch(self, member: str) -> None:
-        """Count a launch sent to ``member`` (bounded loads, recent shares)."""
+        """Count a launch sent to ``member`` since its last probe (for bounded loads)."""
         self.sent[member] = self.sent.get(member, 0) + 1
+
+    def _launch_totals(self) -> Counter[str]:
+        totals: Counter[str] = Counter()
+        for (member, _reason), count in self.metrics.launches.redirects.items():
+            totals[member] += count
+        return totals
+
+    def mark_launches(self) -> None:
+        """Note the launch totals every ``_BUCKET`` seconds (called by a ticker, not requests).
+
+        Recent launches are today's totals minus the mark taken a window ago, so the request
+        path pays nothing for the status page's "share of recent launches".
+        """
         now = self.clock()
-        recent = self.recent
-        if not recent or now - recent[-1][0] >= _BUCKET:
-            recent.append((now, Counter()))
-            while recent and now - recent[0][0] > RECENT_WINDOW:
-                recent.popleft()
-        recent[-1][1][member] += 1
+        marks = self.recent
+        if now - marks[-1][0] >= _BUCKET:
+            marks.append((now, self._launch_totals()))
+        while len(marks) > 1 and now - marks[0][0] > RECENT_WINDOW:
+            marks.popleft()
 
     def recent_launches(self) -> Mapping[str, int]:
-        """Launches per member over the last ``RECENT_WINDOW`` seconds."""
-        now = self.clock()
-        total: Counter[str] = Counter()
-        for at, counts in self.recent:
-            if now - at <= RECENT_WINDOW:
-                total.update(counts)
-        return total
+        """Launches per member over about the last ``RECENT_WINDOW`` seconds."""
+        recent = self._launch_totals()
+        recent.subtract(self.recent[0][1])
+        return +recent
 
     # -- snapshots --------------------------------------------------------------------------
 

@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
-
-from kubernetes_asyncio.client import ApiClient
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from federation.kube import ConfigMapRef, watch_configmap
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
 
 __all__ = ["ConfigMapConfigSource", "ConfigSource", "FileConfigSource"]
 

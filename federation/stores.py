@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from aiohttp import web
-from kubernetes_asyncio.client import ApiClient
 
 from federation.app import create_app
 from federation.config import Config, load_config, load_config_text
@@ -38,6 +38,9 @@ from federation.kube import (
     watch_configmap,
 )
 from federation.sources import ConfigMapConfigSource, ConfigSource, FileConfigSource
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
 
 __all__ = [
     "CONFIGMAP_PREFIX",

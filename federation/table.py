@@ -145,7 +145,8 @@ class RoutingTable:
             return home
         ranking = home.ranking if home is not None else ()
         choice = bounded_choice(ranking, self._candidates,
-                                load_factor=self.config.routing.load_factor, sent=loads)
+                                load_factor=self.config.routing.load_factor, sent=loads,
+                                floor=self.config.routing.bound_floor)
         assert choice is not None  # routable is not empty
         if choice.reason in ("spill-over", "fallback") and not self.panic:
             reason = choice.reason
@@ -184,7 +185,8 @@ class RoutingTable:
             return False
         total_load = pods + sum(map(sent.get, names, repeat(0)))
         return load < load_bound(load_factor=load_factor, total_load=total_load,
-                                 weight=c.weight, total_weight=total_weight)
+                                 weight=c.weight, total_weight=total_weight,
+                                 floor=self.config.routing.bound_floor)
 
     @cached_property
     def _load_base(self) -> tuple[tuple[str, ...], int, float, float, dict[str, Candidate]]:

@@ -43,6 +43,7 @@ from federation.config import load_config_text
 from federation.demo import HealthMode, MemberControls, SimulatedMember
 from federation.drains import DrainStore, with_drain, without_drain
 from federation.kube import ConfigMapRef, connect
+from federation.logs import quiet_malformed_requests
 from federation.runtime import RouterState
 from federation.stores import ConfigMapDrainStore
 from federation.table import Decision, RoutingTable, build_table
@@ -244,13 +245,13 @@ class LogWatch(logging.Handler):
     An unhandled exception anywhere shows up here: aiohttp logs a handler's exception and
     asyncio an unretrieved task exception on stdlib loggers at ERROR; the router's own
     guards log through structlog with ``exc_info``. Two kinds are counted apart: requests
-    aiohttp's parser refused with a 400 (it logs those at ERROR too), and the simulated
+    aiohttp's parser refused with a 400 (the router turns those into warnings), and the simulated
     members' own errors (a trickling handler writing to a connection the prober gave up on).
     Like ``structlog.testing.capture_logs``, it takes structlog's processors over meanwhile.
     """
 
     def __init__(self) -> None:
-        super().__init__(logging.ERROR)
+        super().__init__(logging.WARNING)
         self.unhandled: list[str] = []
         self.refused_by_parser = 0
         self.simulator_errors = 0
@@ -272,9 +273,11 @@ class LogWatch(logging.Handler):
         structlog.configure(processors=processors)
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Sort one stdlib record of ERROR or above."""
+        """Sort one stdlib record: parser refusals (warnings), and anything at ERROR or above."""
         if _refused_by_parser(record):
             self.refused_by_parser += 1
+        elif record.levelno < logging.ERROR:
+            return
         elif _from_simulator(record):
             self.simulator_errors += 1
         else:
@@ -299,7 +302,8 @@ def _exception_of(record: logging.LogRecord) -> str:
 
 
 def _refused_by_parser(record: logging.LogRecord) -> bool:
-    return record.exc_info is not None and isinstance(record.exc_info[1], HttpProcessingError)
+    """aiohttp's parser refused the request with a 400; the router logs it as a warning."""
+    return getattr(record, "malformed_request", False) is True
 
 
 def _from_simulator(record: logging.LogRecord) -> bool:
@@ -967,6 +971,7 @@ def test_checker_accepts_what_the_tables_allowed() -> None:
 def test_unhandled_exception_in_the_logs_is_caught() -> None:
     """An exception logged by aiohttp or by the router's guards is a problem; a request the
     parser refused is counted apart, and an error without an exception is no problem."""
+    quiet_malformed_requests()  # as every router does (create_app)
     with LogWatch() as logs:
         for error in (RuntimeError("handler bug"), HttpProcessingError(message="bad line")):
             try:

@@ -181,7 +181,8 @@ async def test_malformed_requests_log_one_warning_without_traceback() -> None:
     await aioweb.TCPSite(runner, "127.0.0.1", 0).start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
-        writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+        writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n"
+                     b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n")
         assert (await reader.read(12)).startswith(b"HTTP/1.0 400")
         writer.close()
         await writer.wait_closed()

@@ -246,3 +246,18 @@ def test_capacity_binds_before_the_load_bound() -> None:
                   second: Candidate(second, 1.0, 2, capacity=None)}
     choice = bounded_choice(ranking, candidates, load_factor=1.25)
     assert choice is not None and choice.member == second and choice.reason == "spill-over"
+
+
+def test_bound_floor_keeps_a_quiet_federation_from_spilling() -> None:
+    """With three launches in flight the plain bound spills a repository's next launch;
+    a floor keeps it home until the member holds that many launches."""
+    ranking = rank("/build/gh/org/repo", [("a", 1.0), ("b", 1.0), ("c", 1.0)])
+    home = ranking[0].name
+    idle = {n: Candidate(n, 1.0, load=0, capacity=100) for n in ("a", "b", "c")}
+    sent = {home: 3}
+    plain = bounded_choice(ranking, idle, load_factor=1.25, sent=sent)
+    assert plain is not None and plain.reason == "spill-over"
+    floored = bounded_choice(ranking, idle, load_factor=1.25, sent=sent, floor=10)
+    assert floored == placement.Choice(home, "home", 0)
+    at_floor = bounded_choice(ranking, idle, load_factor=1.25, sent={home: 10}, floor=10)
+    assert at_floor is not None and at_floor.reason == "spill-over"
