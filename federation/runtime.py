@@ -8,6 +8,7 @@ for the status page — plain integer increments, no awaits.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ __all__ = ["ConfigRejection", "RouterState"]
 
 log = structlog.get_logger("federation.runtime")
 
+COALESCE_SECONDS = 0.25  # pod-count-only changes are applied together, at most this late
 RECENT_WINDOW = 600.0  # seconds of launches shown as "share of recent launches"
 _BUCKET = 10.0
 
@@ -65,6 +67,7 @@ class RouterState:
         # Launch totals per member noted every _BUCKET seconds; the oldest is the baseline.
         self.recent: deque[tuple[float, Counter[str]]] = deque([(self.started, Counter())])
         self._ready = False
+        self._swap_pending = False
         self._last_resort: str | None = None  # as last logged: see ``_last_resort()``
         self.table = self._build()
         self.metrics.config_generation.set(self.generation)
@@ -139,17 +142,35 @@ class RouterState:
                   previous=prev.state.value, reason=new.reason or None,
                   consecutive=new.successes if healthy else new.failures,
                   latency_ms=round(result.latency * 1000, 1))
-        if self._visible_change(prev, new):
-            self._swap()
+        if prev.state is not new.state or prev.reason != new.reason:
+            self._swap()  # in or out of rotation: at once
+        elif prev.pod_quota != new.pod_quota or prev.versions != new.versions:
+            self._swap_soon()
 
     def _prime_versions(self, prime: str) -> Versions | None:
         health = self.healths.get(prime)
         return health.versions if health else None
 
-    @staticmethod
-    def _visible_change(prev: MemberHealth, new: MemberHealth) -> bool:
-        return (prev.state is not new.state or prev.reason != new.reason
-                or prev.pod_quota != new.pod_quota or prev.versions != new.versions)
+    def _swap_soon(self) -> None:
+        """Rebuild within ``COALESCE_SECONDS`` for changes that only move numbers.
+
+        Busy members report new pod counts on nearly every probe; with a hundred members
+        probed every second, rebuilding the table for each would cost more than routing.
+        Launches meanwhile count what they send (``sent``), so bounded loads stay accurate.
+        """
+        if self._swap_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._swap()  # no loop (pure tests, tools): nothing to coalesce with
+            return
+        self._swap_pending = True
+        loop.call_later(COALESCE_SECONDS, self._swap_if_pending)
+
+    def _swap_if_pending(self) -> None:
+        if self._swap_pending:
+            self._swap()
 
     # -- request path -----------------------------------------------------------------------
 
@@ -207,6 +228,7 @@ class RouterState:
         return bool(self.routable_since)
 
     def _swap(self) -> None:
+        self._swap_pending = False
         was_ready = self._ready
         previous = self.table
         self.table = self._build()

@@ -1,0 +1,48 @@
+"""The home-member fast path of RoutingTable.route decides exactly as bounded_choice does."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from federation.config import load_config_text
+from federation.health import HealthReport, MemberHealth, PodQuota, State
+from federation.launch import parse_launch
+from federation.placement import bounded_choice
+from federation.table import build_table
+
+member = st.tuples(st.integers(1, 100), st.integers(0, 120), st.one_of(st.none(),
+                                                                      st.integers(0, 150)),
+                   st.integers(0, 60))
+
+
+@settings(max_examples=300, deadline=None)
+@given(members=st.lists(member, min_size=1, max_size=8), repo=st.integers(0, 10_000),
+       capacity_weights=st.booleans(), floor=st.integers(0, 20))
+def test_fast_path_matches_bounded_choice(members: list[tuple[int, int, int | None, int]],
+                                          repo: int, capacity_weights: bool,
+                                          floor: int) -> None:
+    """For any weights, pods, quotas and launches sent, route picks bounded_choice's member."""
+    doc = {"routing": {"slow_start": 0, "bound_floor": floor,
+                       "weights": "capacity" if capacity_weights else "configured"},
+           "members": [{"name": f"m{i}", "url": f"http://127.0.0.1:{1000 + i}",
+                        "weight": w, "prime": i == 0} for i, (w, _, _, _) in enumerate(members)]}
+    config = load_config_text(json.dumps(doc))
+    healths = {f"m{i}": MemberHealth(state=State.HEALTHY, reason="", probes=1,
+                                     report=HealthReport(True, (), PodQuota(p, p, 0, q)))
+               for i, (_, p, q, _) in enumerate(members)}
+    sent = {f"m{i}": s for i, (_, _, _, s) in enumerate(members)}
+    table = build_table(config, healths, {}, now=0.0)
+    launch = parse_launch(f"/build/gh/org/repo-{repo}/HEAD")
+    decision = table.route(launch, loads=sent)
+    if not table.routable:
+        return
+    ranking = table.ranking(launch.key)
+    choice = bounded_choice(ranking, table._candidates, load_factor=1.25, sent=sent,
+                            floor=floor)
+    assert decision is not None and choice is not None
+    assert decision.member.name == choice.member
+    expected = "load_balancer" if choice.reason == "home" else choice.reason
+    assert decision.reason == expected
