@@ -287,6 +287,9 @@ def route(config_path: str, kubeconfig: str | None, as_json: bool,
     drained = set(drain_names) | {m.name for m in config.members if m.drain} | set(stored)
     candidates = [(m.name, overrides.get(m.name, m.weight)) for m in config.members
                   if m.name not in drained]
+    if config.routing.strategy is Strategy.RANDOM and not as_json:
+        click.secho("note: this config routes at random (strategy: random); the member shown "
+                    "is the one rendezvous hashing would pick", fg="yellow", err=True)
     failed = False
     for target in targets:
         path = _launch_path(target)

@@ -17,8 +17,9 @@ from typing import Any
 import aiohttp
 import jinja2
 
+from federation.config import VersionPolicy
 from federation.errors import FederationError
-from federation.health import MemberHealth
+from federation.health import MemberHealth, Versions, versions_match
 from federation.runtime import RECENT_WINDOW, RouterState
 from federation.table import MemberStatus, MemberView
 
@@ -58,8 +59,9 @@ class StatusUnavailable(FederationError):
 # -- the document ---------------------------------------------------------------------------
 
 
-def _member(view: MemberView, h: MemberHealth, prime_versions: dict[str, Any] | None,
-            recent: int, total_recent: int, now_mono: float, now_wall: float) -> dict[str, Any]:
+def _member(view: MemberView, h: MemberHealth, prime_versions: Versions | None,
+            policy: VersionPolicy, recent: int, total_recent: int, now_mono: float,
+            now_wall: float) -> dict[str, Any]:
     """One member: state and reason as routing sees them, probe details from ``h`` (live)."""
     last = h.last
     versions = dict(h.versions.raw) if h.versions else None
@@ -77,8 +79,9 @@ def _member(view: MemberView, h: MemberHealth, prime_versions: dict[str, Any] | 
             for c in (h.report.checks if h.report else ())
         ],
         "versions": versions,
-        "versions_match": None if versions is None or prime_versions is None
-        else versions == prime_versions,
+        # Judged as routing judges them (the federation's version policy), not byte for byte.
+        "versions_match": None if h.versions is None or prime_versions is None
+        else versions_match(policy, h.versions, prime_versions),
         "pods": view.pods,
         "quota": view.quota,
         "capacity": view.capacity,
@@ -106,7 +109,8 @@ def status_document(state: RouterState) -> dict[str, Any]:
     # The table is rebuilt only when routing changes; probe details come from the live health.
     healths = {v.name: state.healths.get(v.name, v.health) for v in table.members}
     prime = healths[table.config.prime.name]
-    prime_versions = dict(prime.versions.raw) if prime.versions else None
+    prime_versions = prime.versions
+    policy = table.config.health.versions
     now_mono, now_wall = state.clock(), time.time()
     rejection = state.rejection
     return {
@@ -132,7 +136,7 @@ def status_document(state: RouterState) -> dict[str, Any]:
         "recent_window_seconds": int(RECENT_WINDOW),
         "recent_launches": total,
         "members": [
-            _member(v, healths[v.name], prime_versions, recent.get(v.name, 0), total,
+            _member(v, healths[v.name], prime_versions, policy, recent.get(v.name, 0), total,
                     now_mono, now_wall)
             for v in table.members
         ],

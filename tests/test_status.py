@@ -338,3 +338,35 @@ async def test_status_command_refuses_what_is_not_a_router(
     assert result.stderr.strip().splitlines() == [
         "error: cannot read the router's status: the router's answer is not a status "
         f"document ({fed.members['a'].url}/_router/status)"]
+
+
+def test_versions_match_follows_the_version_policy() -> None:
+    """The document judges versions as routing does: under `binderhub` a different builder
+    image still matches; under `exact` it does not."""
+    from types import MappingProxyType
+
+    from federation.config import load_config_text
+    from federation.health import (
+        Check,
+        HealthReport,
+        ProbeResult,
+        Versions,
+    )
+    from federation.runtime import RouterState
+    from federation.status import status_document
+
+    def versions(builder: str) -> Versions:
+        raw = {"binderhub": "1.0.0", "builder": builder}
+        return Versions("1.0.0", builder, MappingProxyType(raw))
+
+    report = HealthReport(True, (Check("JupyterHub API", True),), None)
+    for policy, expected in (("binderhub", True), ("exact", False)):
+        state = RouterState(load_config_text(
+            f"health: {{versions: {policy}}}\nmembers:\n"
+            "  - {name: a, url: 'http://127.0.0.1:1', prime: true}\n"
+            "  - {name: b, url: 'http://127.0.0.1:2'}\n"))
+        state.apply_probe("a", ProbeResult(0.0, 0.01, report, versions("r2d:1")))
+        state.apply_probe("b", ProbeResult(0.0, 0.01, report, versions("r2d:2")))
+        members = {m["name"]: m for m in status_document(state)["members"]}
+        assert members["b"]["versions_match"] is expected
+        assert members["a"]["versions_match"] is True
