@@ -69,10 +69,6 @@ class DrainSource(Protocol):
         ...
 
 
-def _wants_html(request: web.BaseRequest) -> bool:
-    return "text/html" in request.headers.get("Accept", "")
-
-
 def _refusal(request: web.BaseRequest, status: int, reason: str,
              headers: dict[str, str] | None = None) -> web.Response:
     """An error a person or a program can act on: HTML, event-stream or JSON by Accept."""

@@ -18,7 +18,7 @@ from types import MappingProxyType
 import structlog
 
 from federation.config import Config
-from federation.drains import Drain, Drains
+from federation.drains import Drains
 from federation.errors import ConfigError
 from federation.health import MemberHealth, ProbeResult, State, Versions, advance
 from federation.metrics import Metrics
@@ -290,12 +290,10 @@ class RouterState:
         for name, t in list(self.routable_since.items()):
             if now - t >= slow:
                 del self.routable_since[name]
-        return build_table(self.config, self.healths, self._drains_in_force(), now=now,
+        return build_table(self.config, self.healths, self.drains, now=now,
                            generation=self.generation, routable_since=self.routable_since,
                            ready=self.ready)
 
-    def _drains_in_force(self) -> Mapping[str, Drain]:
-        return self.drains
 
 
 def _last_resort(table: RoutingTable) -> str | None:
