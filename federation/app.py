@@ -14,18 +14,19 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from federation.config import Config, HealthSettings, load_config_text
 from federation.drains import parse_drains
 from federation.errors import ConfigError, LaunchPathError
-from federation.launch import parse_launch
+from federation.launch import LaunchKey, parse_launch
 from federation.logs import quiet_malformed_requests
 from federation.metrics import Metrics
 from federation.probes import Prober, probe_delay
@@ -33,6 +34,7 @@ from federation.proxy import ProxyError, forward, request_target
 from federation.runtime import RouterState
 from federation.sources import ConfigSource
 from federation.status import active_hosts, prefers_html, render_status_html, status_document
+from federation.table import RoutingTable
 
 __all__ = [
     "LIVE_PATH",
@@ -57,10 +59,12 @@ _PROXY_SESSION = web.AppKey("proxy_session", aiohttp.ClientSession)
 log = structlog.get_logger("federation.app")
 access_log = structlog.get_logger("federation.access")
 
-_CORS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Headers": "cache-control",
+_CORS: dict[str, str] = {
+    hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: "*",
+    hdrs.ACCESS_CONTROL_ALLOW_HEADERS: "cache-control",
 }
+
+
 class DrainSource(Protocol):
     """Anything that yields the drains document's text now and on every change."""
 
@@ -89,6 +93,16 @@ def _refusal(request: web.BaseRequest, status: int, reason: str,
                              headers=all_headers)
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A launch target's parsed key and the redirect to its home member, made once."""
+
+    launch: LaunchKey
+    home: str | None  # the member placement ranks first; None under random placement
+    home_headers: CIMultiDict[str]
+    count_home: Callable[[], None]  # counts one launch sent home (``RouterState.launch_counter``)
+
+
 class _Launcher:
     """The /build (and, with redirect_v2, /v2) handler, with its per-app state bound once."""
 
@@ -98,13 +112,21 @@ class _Launcher:
         self.metrics = state.metrics
         self._latency = state.metrics.route_latency["launch"]
         self._counters: dict[tuple[str, str], Callable[[], None]] = {}
-        self._cookie_heads: dict[tuple[str, float], str] = {}
+        self._answers: dict[str, _Answer] = {}
+        # What the answers were made under: they hold while these are the same objects.
+        self._ranker: Callable[[str], tuple[str, ...]] | None = None
+        self._config: Config | None = None
+        self._reason: str | None = None
+        self._log_rate = 0.0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Answer a launch with a 307 to its member, without awaiting anything.
 
-        This runs for every launch, so it keeps to lookups: parsed keys, rankings, home
-        decisions, metric children and cookie prefixes are all made once and reused.
+        This runs for every launch, so the common case — a target seen before, no ``host``
+        cookie, and a home member with room — is a few lookups and the response. A target's
+        parsed key, home member, headers and counter are made once (``_answer``) and kept
+        while the rankings, the config and the redirect reason stay the same objects: a
+        probe that only changes pod counts swaps the table but keeps all three.
         """
         started = time.perf_counter()
         try:
@@ -112,60 +134,102 @@ class _Launcher:
                 return web.Response(status=204, headers={
                     **_CORS, "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
                     "Access-Control-Max-Age": "86400"})
-            raw = request_target(request)
-            try:
-                launch = parse_launch(raw)
-            except LaunchPathError as e:
-                self.metrics.bad_launch.inc()
-                return _refusal(request, e.status, e.reason)
-            state = self.state
-            table = state.table
-            # Parsing cookies costs more than routing; launches without any are the norm.
-            cookie = request.cookies.get("host") if hdrs.COOKIE in request.headers else None
-            decision = table.route(launch, cookie=cookie, loads=state.sent, rng=self.rng)
+            table = self.state.table
+            if (table.ranker is not self._ranker or table.config is not self._config
+                    or table.reason is not self._reason):
+                self._start_over(table)
+            answer = self._answers.get(request.raw_path)
+            if answer is None:
+                try:
+                    answer = self._answer(request, table)
+                except LaunchPathError as e:
+                    self.metrics.bad_launch.inc()
+                    return _refusal(request, e.status, e.reason)
+            cookie = request.headers.get(hdrs.COOKIE)
+            if (answer.home is not None and (cookie is None or "host" not in cookie)
+                    and table.home_takes(answer.home, self.state.sent)):
+                return self._redirect(answer.count_home, answer.home_headers, answer.launch,
+                                      answer.home, table.reason)
+            sticky = request.cookies.get("host") if cookie else None
+            decision = table.route(answer.launch, cookie=sticky, loads=self.state.sent,
+                                   rng=self.rng)
             if decision is None:
                 self.metrics.no_member.inc()
                 return _refusal(request, 503, "No member of the federation can take launches "
                                 "right now. Please try again in a minute.", {"Retry-After": "30"})
             member = decision.member
-            state.note_launch(member.name)
-            counted = (member.name, decision.reason)
-            (self._counters.get(counted) or self._counter(counted))()
-            headers = {"Location": member.url + raw, **_CORS}
-            hours = table.config.routing.sticky_cookie_hours
-            if hours > 0 and launch.kind == "build" and _cookie_safe(launch.cookie_path):
-                head = self._cookie_heads.get((member.url, hours)) or self._cookie_head(
-                    member.url, hours)
-                headers["Set-Cookie"] = head + launch.cookie_path
-            rate = table.config.logging.access_log
-            if rate > 0 and self.rng.random() < rate:
-                access_log.info("launch", key=launch.key, member=member.name,
-                                reason=decision.reason)
-            return web.Response(status=307, headers=headers)
+            headers = (answer.home_headers if member.name == answer.home else _redirect_headers(
+                member.url, request_target(request), answer.launch, table.config))
+            return self._redirect(self._counter(member.name, decision.reason), headers,
+                                  answer.launch, member.name, decision.reason)
         finally:
             self._latency.observe(time.perf_counter() - started)
 
-    def _counter(self, counted: tuple[str, str]) -> Callable[[], None]:
-        """The redirect counter child for (member, reason), resolved once."""
-        inc = self._counters[counted] = self.metrics.redirect_counter(*counted)
-        return inc
+    def _start_over(self, table: RoutingTable) -> None:
+        """Forget every answer: the rankings, the config or the redirect reason changed."""
+        self._answers = {}
+        self._ranker, self._config, self._reason = table.ranker, table.config, table.reason
+        self._log_rate = table.config.logging.access_log
 
-    def _cookie_head(self, url: str, hours: float) -> str:
-        """The ``Set-Cookie`` value up to its Path, formatted once per member and max age."""
-        head = self._cookie_heads[(url, hours)] = (
-            f'host="{url}"; Max-Age={int(hours * 3600)}; Path=')
-        return head
+    def _answer(self, request: web.Request, table: RoutingTable) -> _Answer:
+        """Parse a target and make its home redirect, kept while the rankings hold."""
+        target = request_target(request)
+        launch = parse_launch(target)
+        home = table.home(launch.key)
+        if home is None:
+            answer = _Answer(launch, None, CIMultiDict(), _nothing)
+        else:
+            answer = _Answer(launch, home, _redirect_headers(
+                table.by_name[home].url, target, launch, table.config),
+                self._counter(home, table.reason))
+        if len(self._answers) >= _ANSWERS_KEPT:
+            self._answers.clear()
+        self._answers[request.raw_path] = answer
+        return answer
+
+    def _redirect(self, count: Callable[[], None], headers: CIMultiDict[str],
+                  launch: LaunchKey, member: str, reason: str) -> web.Response:
+        """Count the launch, sample the access log, and answer 307."""
+        count()
+        if self._log_rate and self.rng.random() < self._log_rate:
+            access_log.info("launch", key=launch.key, member=member, reason=reason)
+        return web.Response(status=307, headers=headers)
+
+    def _counter(self, member: str, reason: str) -> Callable[[], None]:
+        """The launch counter for (member, reason), made once."""
+        count = self._counters.get((member, reason))
+        if count is None:
+            count = self._counters[member, reason] = self.state.launch_counter(member, reason)
+        return count
+
+
+def _nothing() -> None:
+    """No launch to count: under random placement an answer has no home."""
+
+
+_ANSWERS_KEPT = 4096  # launch targets remembered per snapshot (about 1.5 MiB when full)
+
+
+def _redirect_headers(url: str, target: str, launch: LaunchKey,
+                      config: Config) -> CIMultiDict[str]:
+    """Location, CORS and the sticky ``host`` cookie scoped to the repository's path.
+
+    A ``CIMultiDict`` with aiohttp's own header names, as ``web.Response`` keeps them: it
+    copies one at a fifth less cost than a plain dict it has to convert.
+    """
+    headers = CIMultiDict({hdrs.LOCATION: url + target, **_CORS})
+    hours = config.routing.sticky_cookie_hours
+    if hours > 0 and launch.kind == "build" and _cookie_safe(launch.cookie_path):
+        headers[hdrs.SET_COOKIE] = (f'host="{url}"; Max-Age={int(hours * 3600)}; '
+                                    f"Path={launch.cookie_path}")
+    return headers
 
 
 _COOKIE_UNSAFE = re.compile(r'[;," \\]')
 
 
-@lru_cache(maxsize=8192)
 def _cookie_safe(path: str) -> bool:
-    """A cookie Path must not carry attribute separators or quotes from the request.
-
-    Memoized: every launch of a repository asks about the same path.
-    """
+    """A cookie Path must not carry attribute separators or quotes from the request."""
     return _COOKIE_UNSAFE.search(path) is None
 
 

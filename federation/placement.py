@@ -26,6 +26,7 @@ __all__ = [
     "Ranked",
     "bounded_choice",
     "load_bound",
+    "order",
     "random_choice",
     "rank",
     "rendezvous_score",
@@ -88,16 +89,24 @@ def _score(data: bytes, weight: float) -> float:
 
 
 def rank(key: str, members: Iterable[tuple[str, float]]) -> tuple[Ranked, ...]:
-    """Every member with weight > 0, best first (ties: name descending), for ``key``.
+    """Every member with weight > 0, best first (ties: name descending), for ``key``."""
+    return tuple(Ranked(name, score) for score, name in _scored(key, members))
 
-    Hashes ``key + "-"`` encoded once and appends each name: the same bytes as
-    ``rendezvous_score`` hashes, at a third less cost on the launch path.
-    """
+
+def order(key: str, members: Iterable[tuple[str, float]]) -> tuple[str, ...]:
+    """The names of ``rank(key, members)``, best first: what routing walks, in an eighth of
+    the memory (a routing table memoizes thousands of these)."""
+    return tuple(name for _, name in _scored(key, members))
+
+
+def _scored(key: str, members: Iterable[tuple[str, float]]) -> list[tuple[float, str]]:
+    """(score, name) best first. Hashes ``key + "-"`` encoded once and appends each name:
+    the same bytes as ``rendezvous_score`` hashes, at a third less cost."""
     prefix = f"{key}-".encode()
     scored = [(_score(prefix + name.encode(), weight), name)
               for name, weight in members if weight > 0]
     scored.sort(reverse=True)
-    return tuple(Ranked(name, score) for score, name in scored)
+    return scored
 
 
 def random_choice(members: Sequence[tuple[str, float]], rng: random.Random) -> str | None:
@@ -120,7 +129,7 @@ def load_bound(*, load_factor: float, total_load: int, weight: float, total_weig
 
 
 def bounded_choice(
-    ranking: Sequence[Ranked],
+    ranking: Sequence[str],
     candidates: Mapping[str, Candidate],
     *,
     load_factor: float,
@@ -131,12 +140,12 @@ def bounded_choice(
 
     A member's load is its reported pods plus ``sent``, the launches this router sent it since
     that report: a snapshot alone makes every launch between two probes pile onto the same
-    member (hashing.md §2.4). Walk the ranking and take the first member below both its load
-    bound and its capacity; when none is, the repository's home member takes it anyway
-    ("fallback"), so placement never fails while a member is routable.
+    member (hashing.md §2.4). Walk the ranking (member names, best first) and take the first
+    member below both its load bound and its capacity; when none is, the repository's home
+    member takes it anyway ("fallback"), so placement never fails while a member is routable.
     """
     extra = sent or {}
-    live = [candidates[r.name] for r in ranking if r.name in candidates]
+    live = [candidates[name] for name in ranking if name in candidates]
     if not live:
         return None
     loads = [c.load + extra.get(c.name, 0) for c in live]

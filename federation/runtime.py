@@ -174,9 +174,17 @@ class RouterState:
 
     # -- request path -----------------------------------------------------------------------
 
-    def note_launch(self, member: str) -> None:
-        """Count a launch sent to ``member`` since its last probe (for bounded loads)."""
-        self.sent[member] = self.sent.get(member, 0) + 1
+    def launch_counter(self, member: str, reason: str) -> Callable[[], None]:
+        """A function counting one launch sent to ``member`` for ``reason``, where both
+        counts live: ``sent`` (bounded loads, until the member's next probe) and the
+        redirect metrics. Made once per pair, called per launch."""
+        sent, count = self.sent, self.metrics.redirect_counter(member, reason)
+
+        def launched() -> None:
+            sent[member] = sent.get(member, 0) + 1
+            count()
+
+        return launched
 
     def _launch_totals(self) -> Counter[str]:
         totals: Counter[str] = Counter()

@@ -134,7 +134,7 @@ def home_members(config: Config, quotas: Mapping[str, int], keys: Iterable[str],
     """Each key's home: the member an idle, healthy federation ranks first (as ``route``)."""
     table = build_table(config, _healths(config, quotas, {}, report_quota=report_quota), {},
                         now=0.0)
-    return {key: next((r.name for r in table.ranking(key)), None) for key in keys}
+    return {key: next(iter(table.ranking(key)), None) for key in keys}
 
 
 @dataclass(frozen=True, slots=True)

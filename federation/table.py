@@ -7,12 +7,12 @@ await anything and never see a half-applied change.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property, lru_cache, partial
-from itertools import repeat
 from types import MappingProxyType
 from typing import Literal
 
@@ -22,18 +22,16 @@ from federation.health import MemberHealth, State
 from federation.launch import LaunchKey
 from federation.placement import (
     Candidate,
-    Ranked,
     bounded_choice,
-    load_bound,
+    order,
     random_choice,
-    rank,
 )
 
 __all__ = ["Decision", "MemberStatus", "MemberView", "RoutingTable", "build_table"]
 
 SLOW_START_FLOOR = 0.1  # a ramping member starts at 10 % of its weight
 RANK_CACHE_SIZE = 4096  # repositories whose rankings are kept, at most
-RANK_CACHE_ENTRIES = 131_072  # ranked members kept over all of them (about 10 MiB)
+RANK_CACHE_ENTRIES = 262_144  # member names kept over all of them (about 2 MiB)
 
 RedirectReason = Literal["cookie", "load_balancer", "spill-over", "fallback", "panic"]
 
@@ -79,7 +77,7 @@ class Decision:
 
     member: MemberView
     reason: RedirectReason
-    ranking: tuple[Ranked, ...] = ()
+    ranking: tuple[str, ...] = ()  # member names, best first
 
 
 @dataclass(frozen=True)
@@ -105,12 +103,17 @@ class RoutingTable:
         active = [m for m in self.members if m.member.weight > 0]
         return "healthy" if len(self.routable) == len(active) else "degraded"
 
-    def ranking(self, key: str) -> tuple[Ranked, ...]:
-        """The routable members ranked for ``key``, from an LRU shared by equal weights."""
-        return self._ranker(key)
+    def ranking(self, key: str) -> tuple[str, ...]:
+        """The routable members' names for ``key``, best first (weight 0 ranks nowhere)."""
+        return self.ranker(key)
 
     @cached_property
-    def _ranker(self) -> Callable[[str], tuple[Ranked, ...]]:
+    def ranker(self) -> Callable[[str], tuple[str, ...]]:
+        """``ranking``'s memo, one object shared by every snapshot with the same weights.
+
+        Whoever keeps per-key results (the launch handler's answers) can tell with ``is``
+        whether a new snapshot still ranks every key as before.
+        """
         return _shared_ranker(self._weights)
 
     def route(
@@ -134,69 +137,68 @@ class RoutingTable:
         if not self.routable:
             fallback = self.fallback()
             return Decision(fallback, "fallback") if fallback else None
-        reason: RedirectReason = "panic" if self.panic else "load_balancer"
-        strategy = self.config.routing.strategy
-        if strategy is Strategy.RANDOM:
+        if self.config.routing.strategy is Strategy.RANDOM:
             name = random_choice(self._weights, rng or random.Random())
-            return Decision(self.by_name[name or self.routable[0].name], reason)
-        home = self._homes.get(launch.key) or self._home(launch.key, reason)
-        if home is not None and (strategy is Strategy.RENDEZVOUS
-                                 or self._home_has_room(home.member.name, loads or {})):
-            return home
-        ranking = home.ranking if home is not None else ()
+            return Decision(self.by_name[name or self.routable[0].name], self.reason)
+        ranking = self.ranker(launch.key)
+        if ranking and self.home_takes(ranking[0], loads or {}):
+            return Decision(self.by_name[ranking[0]], self.reason, ranking)
         choice = bounded_choice(ranking, self._candidates,
                                 load_factor=self.config.routing.load_factor, sent=loads,
                                 floor=self.config.routing.bound_floor)
         assert choice is not None  # routable is not empty
+        reason = self.reason
         if choice.reason in ("spill-over", "fallback") and not self.panic:
             reason = choice.reason
         return Decision(self.by_name[choice.member], reason, ranking)
 
-    @cached_property
-    def _homes(self) -> dict[str, Decision]:
-        """Decisions sending a key to its home member, made once per key and snapshot."""
-        return {}
+    def home(self, key: str) -> str | None:
+        """The member a launch of ``key`` goes to when it has room: the first of its ranking.
 
-    def _home(self, key: str, reason: RedirectReason) -> Decision | None:
-        """The decision sending ``key`` to the first member of its ranking, memoized.
-
-        Both are fixed for a snapshot (only the load check is not, and it is made per
-        launch), so a launch of a known repository allocates nothing to be routed home.
+        None under random placement, or when no routable member has weight.
         """
-        ranking = self._ranker(key)
-        if not ranking:
+        if self.config.routing.strategy is Strategy.RANDOM:
             return None
-        if len(self._homes) >= RANK_CACHE_SIZE:
-            self._homes.clear()
-        home = self._homes[key] = Decision(self.by_name[ranking[0].name], reason, ranking)
-        return home
-
-    def _home_has_room(self, home: str, sent: Mapping[str, int]) -> bool:
-        """Whether ``bounded_choice`` would stop at its first step, the repository's home.
-
-        Nearly every launch does, so this answers that step with per-snapshot sums and one
-        pass in C over the launches sent since the last probes, instead of building the
-        walk's lists per launch; any other answer takes the full walk.
-        """
-        names, pods, total_weight, load_factor, by_name = self._load_base
-        c = by_name[home]
-        load = c.load + sent.get(home, 0)
-        if c.capacity is not None and load >= c.capacity:
-            return False
-        total_load = pods + sum(map(sent.get, names, repeat(0)))
-        return load < load_bound(load_factor=load_factor, total_load=total_load,
-                                 weight=c.weight, total_weight=total_weight,
-                                 floor=self.config.routing.bound_floor)
+        ranking = self.ranker(key)
+        return ranking[0] if ranking else None
 
     @cached_property
-    def _load_base(self) -> tuple[tuple[str, ...], int, float, float, dict[str, Candidate]]:
-        """What ``_home_has_room`` reads, gathered once per snapshot: the names, reported
-        pods and weight summed over what ``bounded_choice`` walks, the load factor, and the
-        candidates in a plain dict."""
-        live = [c for c in self._candidates.values() if c.weight > 0]  # as ``rank`` keeps
-        return (tuple(c.name for c in live), sum(c.load for c in live),
-                sum(c.weight for c in live), self.config.routing.load_factor,
-                dict(self._candidates))
+    def home_takes(self) -> Callable[[str, Mapping[str, int]], bool]:
+        """``home_takes(home, sent)``: whether member ``home`` takes a launch of a repository
+        it is home to, given ``sent``, the launches sent per member since their last probes.
+
+        It answers ``bounded_choice``'s first step, which nearly every launch stops at, with
+        what is fixed for the snapshot gathered once: a lookup for the home, one sum in C
+        over ``sent`` and no lists. Without bounded loads the home always takes it.
+        """
+        if self.config.routing.strategy is not Strategy.BOUNDED:
+            return _always
+        live = [c for c in self._candidates.values() if c.weight > 0]  # as ``order`` ranks
+        homes = {c.name: (c.load, math.inf if c.capacity is None else c.capacity, c.weight)
+                 for c in live}
+        reported, total_weight = sum(c.load for c in live), sum(c.weight for c in live)
+        uncounted = tuple(m.name for m in self.members if m.name not in homes)
+        load_factor, floor = self.config.routing.load_factor, self.config.routing.bound_floor
+
+        def takes(home: str, sent: Mapping[str, int]) -> bool:
+            pods, capacity, weight = homes[home]
+            load = pods + sent.get(home, 0)
+            if load >= capacity:
+                return False
+            if load < floor:
+                return True
+            total = reported + sum(sent.values())
+            for name in uncounted:  # the walk counts members it could choose, only
+                total -= sent.get(name, 0)
+            # ``load_bound``, inlined: this runs for every launch
+            return load < math.ceil(load_factor * (total + 1) * weight / total_weight)
+
+        return takes
+
+    @cached_property
+    def reason(self) -> RedirectReason:
+        """Why a launch goes to the member placement picked: panic, or plain balancing."""
+        return "panic" if self.panic else "load_balancer"
 
     @cached_property
     def _candidates(self) -> Mapping[str, Candidate]:
@@ -271,22 +273,26 @@ def build_table(
     )
 
 
-_RANKERS: dict[tuple[tuple[str, float], ...], Callable[[str], tuple[Ranked, ...]]] = {}
+_RANKERS: dict[tuple[tuple[str, float], ...], Callable[[str], tuple[str, ...]]] = {}
 _RANKERS_KEPT = 4
 
 
-def _shared_ranker(weights: tuple[tuple[str, float], ...]) -> Callable[[str], tuple[Ranked, ...]]:
-    """A memo of ``rank`` for these weights, shared by every snapshot that has them.
+def _always(home: str, sent: Mapping[str, int]) -> bool:
+    return True
+
+
+def _shared_ranker(weights: tuple[tuple[str, float], ...]) -> Callable[[str], tuple[str, ...]]:
+    """A memo of ``order`` for these weights, shared by every snapshot that has them.
 
     A ranking depends on the weights alone, and a probe that only changes pod counts
     rebuilds the table with the same ones: a cache per snapshot would be emptied several
-    times a second on a busy federation. Pure memo: its answers never differ from ``rank``.
+    times a second on a busy federation. Pure memo: its answers never differ from ``order``.
     The few most recent weight sets are kept (slow start changes weights every second).
     """
     ranker = _RANKERS.pop(weights, None)
     if ranker is None:
         size = max(256, min(RANK_CACHE_SIZE, RANK_CACHE_ENTRIES // max(1, len(weights))))
-        ranker = lru_cache(maxsize=size)(partial(rank, members=weights))
+        ranker = lru_cache(maxsize=size)(partial(order, members=weights))
     _RANKERS[weights] = ranker  # most recently used last
     while len(_RANKERS) > _RANKERS_KEPT:
         del _RANKERS[next(iter(_RANKERS))]

@@ -17,6 +17,7 @@ from federation.placement import (
     Candidate,
     bounded_choice,
     load_bound,
+    order,
     random_choice,
     rank,
     rendezvous_score,
@@ -102,8 +103,8 @@ def test_weight_zero_is_never_chosen() -> None:
     members = [*SKEWED, ("idle", 0.0)]
     rng = random.Random(1)
     for key in KEYS[:3000]:
-        ranking = rank(key, members)
-        assert "idle" not in {r.name for r in ranking}
+        ranking = order(key, members)
+        assert "idle" not in set(ranking)
         candidates = {n: Candidate(n, w) for n, w in members}
         choice = bounded_choice(ranking, candidates, load_factor=1.25)
         assert choice is not None and choice.member != "idle"
@@ -190,7 +191,7 @@ def test_bounded_choice_respects_bounds_and_capacity(members: dict[str, float], 
                                                      data: st.DataObject) -> None:
     """The chosen member is below its bound and capacity, and every member ranked above it is
     not; only when no member is below both does the home member take it ("fallback")."""
-    ranking = rank(key, list(members.items()))
+    ranking = order(key, list(members.items()))
     loads = {n: data.draw(st.integers(0, 50)) for n in members}
     capacities = {n: data.draw(st.none() | st.integers(0, 60)) for n in members}
     sent = {n: data.draw(st.integers(0, 5)) for n in members}
@@ -210,14 +211,14 @@ def test_bounded_choice_respects_bounds_and_capacity(members: dict[str, float], 
         cap = capacities[name]
         return load[name] < bound and (cap is None or load[name] < cap)
 
-    order = [r.name for r in ranking]
+    names = list(ranking)
     if choice.reason == "fallback":
-        assert choice.member == order[0]
-        assert not any(has_room(n) for n in order)
+        assert choice.member == names[0]
+        assert not any(has_room(n) for n in names)
     else:
         assert has_room(choice.member)
-        assert order.index(choice.member) == choice.position
-        assert not any(has_room(n) for n in order[:choice.position])
+        assert names.index(choice.member) == choice.position
+        assert not any(has_room(n) for n in names[:choice.position])
         assert (choice.reason == "home") == (choice.position == 0)
 
 
@@ -225,8 +226,8 @@ def test_bounded_choice_home_spill_over_and_fallback() -> None:
     """Below its bound the home member takes the launch; at its bound (here counting the
     launches sent since the last probe) the next member does; with everyone at capacity the
     home member takes it anyway, so a launch is never refused while a member is routable."""
-    ranking = rank("/build/gh/hot/repo", [("a", 1.0), ("b", 1.0)])
-    home, second = ranking[0].name, ranking[1].name
+    ranking = order("/build/gh/hot/repo", [("a", 1.0), ("b", 1.0)])
+    home, second = ranking[0], ranking[1]
     idle = {n: Candidate(n, 1.0, 0) for n in (home, second)}
     assert bounded_choice(ranking, idle, load_factor=1.25) == placement.Choice(home, "home", 0)
     # bound = ceil(1.25 · (2 + 1) · 1/2) = 2: two launches sent since the probe fill the home
@@ -239,8 +240,8 @@ def test_bounded_choice_home_spill_over_and_fallback() -> None:
 def test_capacity_binds_before_the_load_bound() -> None:
     """A member below its load bound but at its quota headroom is skipped: hot repositories
     spill before the member fills, not after."""
-    ranking = rank("/build/gh/hot/repo", [("a", 1.0), ("b", 1.0)])
-    home, second = ranking[0].name, ranking[1].name
+    ranking = order("/build/gh/hot/repo", [("a", 1.0), ("b", 1.0)])
+    home, second = ranking[0], ranking[1]
     # bound = ceil(1.25 · (3 + 2 + 1) / 2) = 4 for both; the home's capacity is 3
     candidates = {home: Candidate(home, 1.0, 3, capacity=3),
                   second: Candidate(second, 1.0, 2, capacity=None)}
@@ -251,8 +252,8 @@ def test_capacity_binds_before_the_load_bound() -> None:
 def test_bound_floor_keeps_a_quiet_federation_from_spilling() -> None:
     """With three launches in flight the plain bound spills a repository's next launch;
     a floor keeps it home until the member holds that many launches."""
-    ranking = rank("/build/gh/org/repo", [("a", 1.0), ("b", 1.0), ("c", 1.0)])
-    home = ranking[0].name
+    ranking = order("/build/gh/org/repo", [("a", 1.0), ("b", 1.0), ("c", 1.0)])
+    home = ranking[0]
     idle = {n: Candidate(n, 1.0, load=0, capacity=100) for n in ("a", "b", "c")}
     sent = {home: 3}
     plain = bounded_choice(ranking, idle, load_factor=1.25, sent=sent)
@@ -261,3 +262,9 @@ def test_bound_floor_keeps_a_quiet_federation_from_spilling() -> None:
     assert floored == placement.Choice(home, "home", 0)
     at_floor = bounded_choice(ranking, idle, load_factor=1.25, sent={home: 10}, floor=10)
     assert at_floor is not None and at_floor.reason == "spill-over"
+
+
+def test_order_is_the_ranking_without_scores() -> None:
+    """``order`` (what routing tables memoize) lists exactly ``rank``'s members, in its order."""
+    for key in KEYS[:500]:
+        assert order(key, SKEWED) == tuple(r.name for r in rank(key, SKEWED))

@@ -86,12 +86,35 @@ async def test_valid_cookie_wins_and_forged_cookie_is_ignored(
     other = next(n for n in fed.members if n != home)
     sticky = await fed.launch(path, Cookie=f'host="{fed.members[other].url}"')
     assert fed.member_by_url(sticky.headers["Location"]) == other
+    among_others = await fed.launch(path, Cookie=f'_xsrf=2|ab; host="{fed.members[other].url}"')
+    assert fed.member_by_url(among_others.headers["Location"]) == other
+    unrelated = await fed.launch(path, Cookie="_xsrf=2|ab; hostname=x")
+    assert fed.member_by_url(unrelated.headers["Location"]) == home
     for forged in ('host="https://evil.example"', "host=http://127.0.0.1:1",
                    'host="//evil.example"'):
         response = await fed.launch(path, Cookie=forged)
         assert response.status == 307
         assert fed.member_by_url(response.headers["Location"]) == home
-    assert fed.state.metrics.redirect_total(other, "cookie") == 1
+    assert fed.state.metrics.redirect_total(other, "cookie") == 2
+
+
+async def test_a_member_moved_to_a_new_url_gets_launches_there_at_once(
+    start_federation: StartFederation,
+) -> None:
+    """Swapping two members' URLs in the config keeps every ranking (same names, same
+    weights), yet the next launch already points at the new URL: nothing about a
+    repository's redirect outlives the config it was made under."""
+    fed = await start_federation(["a", "b"], routing={"strategy": "rendezvous"})
+    path = "/build/gh/org/moving/HEAD"
+    before = (await fed.launch(path)).headers["Location"]
+    doc = dict(fed.config_doc)
+    members = [dict(m) for m in doc["members"]]
+    members[0]["url"], members[1]["url"] = members[1]["url"], members[0]["url"]
+    await fed.apply_config({**doc, "members": members})
+    after = (await fed.launch(path)).headers["Location"]
+    home = fed.state.table.home("/build/gh/org/moving")
+    assert home is not None
+    assert after == fed.state.table.by_name[home].url + path != before
 
 
 async def test_cookie_to_drained_member_is_ignored(start_federation: StartFederation) -> None:

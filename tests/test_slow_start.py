@@ -167,7 +167,7 @@ def test_slow_start_moves_repositories_to_the_member_gradually() -> None:
     owned = []
     for now in (0.0, 75.0, 150.0, 225.0, 300.0):
         table = build_table(cfg, healths, {}, now=now, routable_since={"c": 0.0})
-        owned.append({k for k in KEYS if table.ranking(k)[0].name == "c"})
+        owned.append({k for k in KEYS if table.ranking(k)[0] == "c"})
     assert all(before < after for before, after in itertools.pairwise(owned))
     assert len(owned[0]) < 0.06 * len(KEYS)  # weight 4 of 84: about 5 %
     assert len(owned[-1]) == pytest.approx(len(KEYS) / 3, rel=0.1)

@@ -21,7 +21,7 @@ def hot_repository(fed: Federation, order: list[str]) -> str:
     for i in range(10_000):
         path = f"/build/gh/hot-org/repo{i}/HEAD"
         ranking = fed.state.table.ranking(parse_launch(path).key)
-        if [r.name for r in ranking] == order:
+        if list(ranking) == order:
             return path
     raise AssertionError(f"no repository ranks {order}")
 
