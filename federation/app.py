@@ -29,7 +29,7 @@ from federation.errors import ConfigError, LaunchPathError
 from federation.launch import LaunchKey, parse_launch
 from federation.logs import quiet_malformed_requests
 from federation.metrics import Metrics
-from federation.probes import Prober, probe_delay
+from federation.probes import Prober, probe_delay, probe_session
 from federation.proxy import ProxyError, forward, request_target
 from federation.runtime import RouterState
 from federation.sources import ConfigSource
@@ -147,7 +147,7 @@ class _Launcher:
                     return _refusal(request, e.status, e.reason)
             cookie = request.headers.get(hdrs.COOKIE)
             if (answer.home is not None and (cookie is None or "host" not in cookie)
-                    and table.home_takes(answer.home, self.state.sent)):
+                    and table.has_room(answer.home, self.state.sent)):
                 return self._redirect(answer.count_home, answer.home_headers, answer.launch,
                                       answer.home, table.reason)
             sticky = request.cookies.get("host") if cookie else None
@@ -366,20 +366,18 @@ def _lifetime(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE]
-        probe_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=4, ttl_dns_cache=60),
-            auto_decompress=True)
+        probe_http = probe_session()
         proxy_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256), auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar())
-        app[_PROBE_SESSION], app[_PROXY_SESSION] = probe_session, proxy_session
+        app[_PROBE_SESSION], app[_PROXY_SESSION] = probe_http, proxy_session
 
         jitter_rng = random.Random()
 
         def delay_for(name: str, settings: HealthSettings) -> float:
             return probe_delay(state.healths.get(name), settings, jitter_rng)
 
-        prober = Prober(probe_session, state.apply_probe, delay_for)
+        prober = Prober(probe_http, state.apply_probe, delay_for)
         state.on_config = lambda c: prober.reconcile(c.members, c.health)
         prober.reconcile(state.config.members, state.config.health)
         tasks = [asyncio.create_task(_guard("ticker", lambda: _tick(state)), name="ticker")]
@@ -396,7 +394,7 @@ def _lifetime(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await prober.close()
-            await probe_session.close()
+            await probe_http.close()
             await proxy_session.close()
 
     return lifetime

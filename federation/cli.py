@@ -12,8 +12,6 @@ import contextlib
 import importlib
 import json
 import math
-import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import socket
@@ -183,6 +181,8 @@ def _supervise(config_path: str, *, kubeconfig: str | None, host: str, port: int
     orchestrator restarts the whole pod instead of it serving at reduced capacity unnoticed.
     SIGHUP is passed on to every worker.
     """
+    import multiprocessing.connection  # only a supervisor needs it: a single router never loads it
+
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     reserve = socket.socket(family, kind, proto)  # holds the port; port 0 becomes a real one
     reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -14,11 +14,13 @@ source, the member and the field.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -289,7 +291,12 @@ class Config:
 
     def member(self, name: str) -> Member | None:
         """The member called ``name``, if any."""
-        return next((m for m in self.members if m.name == name), None)
+        return self._by_name.get(name)
+
+    @functools.cached_property
+    def _by_name(self) -> Mapping[str, Member]:
+        """Members by name, made on first use: every probe result looks its member up."""
+        return MappingProxyType({m.name: m for m in self.members})
 
     def headroom_for(self, member: Member) -> Headroom:
         """The member's own headroom if set, else the federation's."""

@@ -109,16 +109,17 @@ class Versions:
     binderhub: str
     builder: str
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # ``raw`` as sorted JSON, made once: every probe round compares versions
+    canonical: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "canonical", json.dumps(self.raw, sort_keys=True, default=str))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Versions) and _canonical(self.raw) == _canonical(other.raw)
+        return isinstance(other, Versions) and self.canonical == other.canonical
 
     def __hash__(self) -> int:
-        return hash(_canonical(self.raw))
-
-
-def _canonical(raw: Mapping[str, Any]) -> str:
-    return json.dumps(raw, sort_keys=True, default=str)
+        return hash(self.canonical)
 
 
 @dataclass(frozen=True, slots=True)

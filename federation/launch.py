@@ -62,13 +62,11 @@ class _Identity:
 _Parser = Callable[[str, str], _Identity]
 
 
-@lru_cache(maxsize=8192)
 def parse_launch(raw_path: str) -> LaunchKey:
     """Parse a raw launch path (``/build/<provider>/<spec>`` or ``/v2/...``; query allowed).
 
-    Raises :class:`LaunchPathError` with a reason a user can act on. Memoized on the whole
-    target as well as on the path: the router asks for every launch, and a hit is one call
-    in C (refusals are not memoized, they raise).
+    Raises :class:`LaunchPathError` with a reason a user can act on. Memoized on the path
+    (refusals are not memoized, they raise): every ref and query of a repository comes back.
     """
     path = raw_path.partition("?")[0]
     return _parse_path(path)

@@ -150,6 +150,7 @@ class Metrics:
         self._state: dict[str, str] = {}
         self._checks: dict[str, set[str]] = {}
         self._synced: dict[str, tuple[object, ...]] = {}
+        self._probe_children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self.route_latency = self.launches.latency
 
     def redirect_counter(self, member: str, reason: str) -> Callable[[], None]:
@@ -220,6 +221,8 @@ class Metrics:
     def _forget(self, name: str) -> None:
         """Remove every series of a member that left the config."""
         self._synced.pop(name, None)
+        for outcome in _PROBE_OUTCOMES:
+            self._probe_children.pop((name, outcome), None)
         for per_member in (self.drained, self.weight, self.pods, self.quota,
                            self.probe_latency):
             with contextlib.suppress(KeyError):
@@ -236,9 +239,13 @@ class Metrics:
 
     def probed(self, member: str, result: ProbeResult) -> None:
         """Count one probe round by outcome, and its duration."""
-        self.probe_latency.labels(member).observe(result.latency)
         if result.health is None or not result.reachable:
             outcome = "error"
         else:
             outcome = "ok" if result.health.problem is None else "unhealthy"
-        self.probes.labels(member, outcome).inc()
+        children = self._probe_children.get((member, outcome))
+        if children is None:  # resolved once: a hundred members probed every second add up
+            children = self._probe_children[member, outcome] = (
+                self.probe_latency.labels(member), self.probes.labels(member, outcome))
+        children[0].observe(result.latency)
+        children[1].inc()

@@ -143,6 +143,9 @@ def bounded_choice(
     member (hashing.md §2.4). Walk the ranking (member names, best first) and take the first
     member below both its load bound and its capacity; when none is, the repository's home
     member takes it anyway ("fallback"), so placement never fails while a member is routable.
+
+    This is the algorithm's plain statement. ``RoutingTable.route`` makes the same decisions
+    from sums it keeps per snapshot (tests/test_table_route.py checks that they agree).
     """
     extra = sent or {}
     live = [candidates[name] for name in ranking if name in candidates]

@@ -18,11 +18,9 @@ import asyncio
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-import aiohttp
-
 from federation.config import Config, Member, VersionPolicy
 from federation.health import ProbeResult, Versions, verdict, versions_match
-from federation.probes import probe_member
+from federation.probes import probe_member, probe_session
 
 __all__ = ["MemberCheck", "Preflight", "assess", "preflight", "render_preflight"]
 
@@ -65,7 +63,7 @@ async def preflight(config: Config, *, only: Collection[str] = ()) -> Preflight:
     once each, all at the same time, and judge them."""
     judged = [m for m in config.members if not only or m.name in only]
     probed = {m.name: m for m in judged} | {config.prime.name: config.prime}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+    async with probe_session(keep_alive=False) as session:
         results = await asyncio.gather(*(probe_member(session, m, config.health)
                                          for m in probed.values()))
     return assess(config, dict(zip(probed, results, strict=True)),

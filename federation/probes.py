@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -20,7 +21,9 @@ from typing import TypeVar
 
 import aiohttp
 import structlog
+import yarl
 
+from federation import __version__
 from federation.config import HealthSettings, Member
 from federation.errors import ProbeError
 from federation.health import (
@@ -33,7 +36,7 @@ from federation.health import (
     parse_versions,
 )
 
-__all__ = ["Prober", "next_delay", "probe_delay", "probe_member"]
+__all__ = ["Prober", "next_delay", "probe_delay", "probe_member", "probe_session"]
 
 log = structlog.get_logger("federation.probes")
 
@@ -47,13 +50,35 @@ class _Target:
     settings: HealthSettings
 
 
+def probe_session(*, keep_alive: bool = True) -> aiohttp.ClientSession:
+    """The HTTP client probes use.
+
+    Two kept-alive connections per member (/health and /versions go in parallel); no
+    timeouts of aiohttp's own, as every fetch runs under the probe timeout; the headers set
+    once, not per request. ``keep_alive=False`` suits one-off rounds (``check --probe``).
+    """
+    connector = (aiohttp.TCPConnector(limit=0, limit_per_host=2, ttl_dns_cache=60)
+                 if keep_alive else aiohttp.TCPConnector(force_close=True))
+    return aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(), auto_decompress=True,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"Accept": "application/json", "User-Agent": _USER_AGENT})
+
+
+_USER_AGENT = f"binder-federation-router/{__version__} (health probe)"
+
+
+@functools.lru_cache(maxsize=1024)
+def _url(url: str) -> yarl.URL:
+    """A member endpoint parsed once, not on every probe round."""
+    return yarl.URL(url)
+
+
 async def _fetch(
     session: aiohttp.ClientSession, url: str, *, limit: int, timeout: float
 ) -> tuple[int, bytes]:
     """GET ``url`` and read at most ``limit`` bytes of body, all under ``timeout``."""
-    async with asyncio.timeout(timeout), session.get(
-        url, allow_redirects=False, headers={"Accept": "application/json"}
-    ) as resp:
+    async with asyncio.timeout(timeout), session.get(_url(url), allow_redirects=False) as resp:
         length = resp.content_length
         if length is not None and length > limit:
             raise ProbeError("answer too large", f"{url} announced {length} bytes")

@@ -22,7 +22,6 @@ from federation.health import MemberHealth, State
 from federation.launch import LaunchKey
 from federation.placement import (
     Candidate,
-    bounded_choice,
     order,
     random_choice,
 )
@@ -141,16 +140,17 @@ class RoutingTable:
             name = random_choice(self._weights, rng or random.Random())
             return Decision(self.by_name[name or self.routable[0].name], self.reason)
         ranking = self.ranker(launch.key)
-        if ranking and self.home_takes(ranking[0], loads or {}):
-            return Decision(self.by_name[ranking[0]], self.reason, ranking)
-        choice = bounded_choice(ranking, self._candidates,
-                                load_factor=self.config.routing.load_factor, sent=loads,
-                                floor=self.config.routing.bound_floor)
-        assert choice is not None  # routable is not empty
-        reason = self.reason
-        if choice.reason in ("spill-over", "fallback") and not self.panic:
-            reason = choice.reason
-        return Decision(self.by_name[choice.member], reason, ranking)
+        has_room = self.has_room
+        for position, name in enumerate(ranking):  # bounded loads: the first with room
+            if has_room(name, loads or {}):
+                spilled = position > 0 and not self.panic
+                return Decision(self.by_name[name], "spill-over" if spilled else self.reason,
+                                ranking)
+        if not ranking:  # every routable member has weight 0 (nothing to rank)
+            return Decision(self.routable[0], self.reason)
+        # everyone is at their bound: the home member takes it anyway
+        return Decision(self.by_name[ranking[0]], self.reason if self.panic else "fallback",
+                        ranking)
 
     def home(self, key: str) -> str | None:
         """The member a launch of ``key`` goes to when it has room: the first of its ranking.
@@ -163,13 +163,16 @@ class RoutingTable:
         return ranking[0] if ranking else None
 
     @cached_property
-    def home_takes(self) -> Callable[[str, Mapping[str, int]], bool]:
-        """``home_takes(home, sent)``: whether member ``home`` takes a launch of a repository
-        it is home to, given ``sent``, the launches sent per member since their last probes.
+    def has_room(self) -> Callable[[str, Mapping[str, int]], bool]:
+        """``has_room(name, sent)``: whether member ``name`` is below its bounded-load bound
+        and its capacity, given ``sent``, the launches sent per member since their last
+        probes. Always true without bounded loads.
 
-        It answers ``bounded_choice``'s first step, which nearly every launch stops at, with
-        what is fixed for the snapshot gathered once: a lookup for the home, one sum in C
-        over ``sent`` and no lists. Without bounded loads the home always takes it.
+        ``route`` asks it member by member down a key's ranking, as ``bounded_choice``
+        walks (the same decisions: tests/test_table_route.py), and the launch handler asks
+        it of a repository's home member for nearly every launch. So what is fixed for the
+        snapshot is gathered once: per launch it is a lookup, one sum in C over ``sent``
+        and no lists.
         """
         if self.config.routing.strategy is not Strategy.BOUNDED:
             return _always
@@ -180,20 +183,20 @@ class RoutingTable:
         uncounted = tuple(m.name for m in self.members if m.name not in homes)
         load_factor, floor = self.config.routing.load_factor, self.config.routing.bound_floor
 
-        def takes(home: str, sent: Mapping[str, int]) -> bool:
-            pods, capacity, weight = homes[home]
-            load = pods + sent.get(home, 0)
+        def has_room(name: str, sent: Mapping[str, int]) -> bool:
+            pods, capacity, weight = homes[name]
+            load = pods + sent.get(name, 0)
             if load >= capacity:
                 return False
             if load < floor:
                 return True
             total = reported + sum(sent.values())
-            for name in uncounted:  # the walk counts members it could choose, only
-                total -= sent.get(name, 0)
+            for other in uncounted:  # the walk counts the members it could choose, only
+                total -= sent.get(other, 0)
             # ``load_bound``, inlined: this runs for every launch
             return load < math.ceil(load_factor * (total + 1) * weight / total_weight)
 
-        return takes
+        return has_room
 
     @cached_property
     def reason(self) -> RedirectReason:

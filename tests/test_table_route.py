@@ -1,4 +1,4 @@
-"""The home-member fast path of RoutingTable.route decides exactly as bounded_choice does."""
+"""RoutingTable.route, with its per-snapshot sums, decides exactly as bounded_choice does."""
 
 from __future__ import annotations
 
