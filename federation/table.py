@@ -136,31 +136,51 @@ class RoutingTable:
         if not self.routable:
             fallback = self.fallback()
             return Decision(fallback, "fallback") if fallback else None
-        if self.config.routing.strategy is Strategy.RANDOM:
+        if self._random:
             name = random_choice(self._weights, rng or random.Random())
             return Decision(self.by_name[name or self.routable[0].name], self.reason)
-        ranking = self.ranker(launch.key)
-        has_room = self.has_room
-        for position, name in enumerate(ranking):  # bounded loads: the first with room
-            if has_room(name, loads or {}):
-                spilled = position > 0 and not self.panic
-                return Decision(self.by_name[name], "spill-over" if spilled else self.reason,
-                                ranking)
-        if not ranking:  # every routable member has weight 0 (nothing to rank)
+        sent = loads or {}
+        home = self._homes.get(launch.key) or self._home_decision(launch.key)
+        if home is None:  # every routable member has weight 0: nothing ranks
             return Decision(self.routable[0], self.reason)
+        if self.has_room(home.member.name, sent):
+            return home  # nearly every launch
+        ranking = home.ranking  # bounded loads: the first member down the ranking with room
+        for name in ranking[1:]:
+            if self.has_room(name, sent):
+                return Decision(self.by_name[name], self.reason if self.panic else "spill-over",
+                                ranking)
         # everyone is at their bound: the home member takes it anyway
-        return Decision(self.by_name[ranking[0]], self.reason if self.panic else "fallback",
-                        ranking)
+        return Decision(home.member, self.reason if self.panic else "fallback", ranking)
+
+    @cached_property
+    def _random(self) -> bool:
+        return self.config.routing.strategy is Strategy.RANDOM
+
+    @cached_property
+    def _homes(self) -> dict[str, Decision]:
+        """Decisions sending a key to its home member, made once per key and snapshot."""
+        return {}
+
+    def _home_decision(self, key: str) -> Decision | None:
+        """The decision sending ``key`` to its first-ranked member, memoized per snapshot."""
+        ranking = self.ranker(key)
+        if not ranking:
+            return None
+        if len(self._homes) >= RANK_CACHE_SIZE:
+            self._homes.clear()
+        home = self._homes[key] = Decision(self.by_name[ranking[0]], self.reason, ranking)
+        return home
 
     def home(self, key: str) -> str | None:
         """The member a launch of ``key`` goes to when it has room: the first of its ranking.
 
         None under random placement, or when no routable member has weight.
         """
-        if self.config.routing.strategy is Strategy.RANDOM:
+        if self._random:
             return None
-        ranking = self.ranker(key)
-        return ranking[0] if ranking else None
+        home = self._homes.get(key) or self._home_decision(key)
+        return home.member.name if home else None
 
     @cached_property
     def has_room(self) -> Callable[[str, Mapping[str, int]], bool]:
