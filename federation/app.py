@@ -188,12 +188,16 @@ class _Launcher:
         return answer
 
     def _redirect(self, count: Callable[[], None], headers: CIMultiDict[str],
-                  launch: LaunchKey, member: str, reason: str) -> web.Response:
+                  launch: LaunchKey, member: str, reason: str) -> web.StreamResponse:
         """Count the launch, sample the access log, and answer 307."""
         count()
         if self._log_rate and self.rng.random() < self._log_rate:
             access_log.info("launch", key=launch.key, member=member, reason=reason)
-        return web.Response(status=307, headers=headers)
+        # A body-less StreamResponse: web.Response would add its body and compression
+        # handling, which a redirect never uses, to every launch.
+        response = web.StreamResponse(status=307, headers=headers)
+        response.content_length = 0
+        return response
 
     def _counter(self, member: str, reason: str) -> Callable[[], None]:
         """The launch counter for (member, reason), made once."""
@@ -205,6 +209,24 @@ class _Launcher:
 
 def _nothing() -> None:
     """No launch to count: under random placement an answer has no home."""
+
+
+class _Subtree(web.PlainResource):
+    """Every path below ``prefix``, matched by ``str.startswith``.
+
+    The handlers read the raw path themselves; a ``{spec:.*}`` route would run a regular
+    expression and percent-decode the spec into ``match_info`` on every launch, for nothing.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix)
+        self._below = prefix + "/"
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        return {} if path.startswith(self._below) else None
+
+    def raw_match(self, path: str) -> bool:
+        return False  # never reused by add_route for another path
 
 
 _ANSWERS_KEPT = 4096  # launch targets remembered per snapshot (about 1.5 MiB when full)
@@ -351,8 +373,10 @@ def create_app(
             return await launcher.handle(request)
         return await _proxy(request)
 
-    app.router.add_route("*", "/build/{spec:.*}", launcher.handle)
-    app.router.add_route("*", "/v2/{spec:.*}", v2)
+    for prefix, handler in (("/build", launcher.handle), ("/v2", v2)):
+        resource = _Subtree(prefix)
+        app.router.register_resource(resource)
+        resource.add_route("*", handler)
     for path, handler in ((LIVE_PATH, _live), (READY_PATH, _ready), (STATUS_PATH, _status),
                           (ACTIVE_HOSTS_PATH, _active_hosts), (METRICS_PATH, _metrics)):
         app.router.add_get(path, _timed_other(handler))
