@@ -146,6 +146,10 @@ async def test_ui_and_v2_are_proxied_to_the_prime_with_forwarding_headers(
     assert "Host" in headers and headers["Host"] != headers["X-Forwarded-Host"]
     home = await fed.launch("/about")
     assert "simulated member prime" in await home.text()
+    for near_miss in ("/build", "/builds/gh/org/repo/HEAD", "/v2"):  # not below /build/ or /v2/
+        response = await fed.launch(near_miss)
+        assert response.status == 200, near_miss
+        assert fed.members["prime"].requests[-1][1] == near_miss
 
 
 async def test_redirect_v2_option(start_federation: StartFederation) -> None:
