@@ -34,6 +34,7 @@ __all__ = [
     "Summary",
     "choose_loop",
     "drive",
+    "launches",
     "members",
     "pinning",
     "reference",
@@ -146,30 +147,35 @@ def _start(name: str, argv: list[str], cores: set[int], log: Path, port: int) ->
 
 @contextlib.contextmanager
 def router(name: str, workdir: Path, urls: Sequence[str], *, interval: float, loop: str,
-           cores: set[int]) -> Iterator[Server]:
-    """``federation serve`` as shipped (default settings) for members at ``urls``."""
+           cores: set[int], wrapper: Sequence[str] = (),
+           ready_timeout: float = 30.0) -> Iterator[Server]:
+    """``federation serve`` as shipped (default settings) for members at ``urls``.
+
+    ``wrapper`` goes before the command (``valgrind …`` for instruction counts)."""
     config = workdir / f"{name.replace(' ', '-')}.yaml"
     config.write_text(config_text(urls, interval=interval))
     port = _free_port()
-    server = _start(name, [sys.executable, "-m", "federation", "serve", "--config", str(config),
-                           "--host", "127.0.0.1", "--port", str(port), "--loop", loop],
+    server = _start(name, [*wrapper, sys.executable, "-m", "federation", "serve", "--config",
+                           str(config), "--host", "127.0.0.1", "--port", str(port), "--loop",
+                           loop],
                     cores, workdir / f"{config.stem}.log", port)
     try:
-        _wait_until(server, "/_router/ready", 200)
+        _wait_until(server, "/_router/ready", 200, ready_timeout)
         yield server
     finally:
         server.stop()
 
 
 @contextlib.contextmanager
-def reference(workdir: Path, *, loop: str, cores: set[int]) -> Iterator[Server]:
+def reference(workdir: Path, *, loop: str, cores: set[int], wrapper: Sequence[str] = (),
+              ready_timeout: float = 30.0) -> Iterator[Server]:
     """The bare aiohttp app answering every request with a fixed 307."""
     port = _free_port()
-    server = _start("reference", [sys.executable, "-m", "benchmarks.reference", "--port",
-                                  str(port), "--loop", loop],
+    server = _start("reference", [*wrapper, sys.executable, "-m", "benchmarks.reference",
+                                  "--port", str(port), "--loop", loop],
                     cores, workdir / "reference.log", port)
     try:
-        _wait_until(server, "/build/gh/a/b/HEAD", 307)
+        _wait_until(server, "/build/gh/a/b/HEAD", 307, ready_timeout)
         yield server
     finally:
         server.stop()
@@ -253,22 +259,30 @@ def _loadgen_argv(url: str, connections: int, duration: float) -> list[str]:
             str(connections), "--duration", str(duration), "--pool", str(POOL)]
 
 
+def launches(server: Server, *, connections: int, duration: float,
+             cores: set[int]) -> dict[str, float]:
+    """Send launches to ``server`` for ``duration`` seconds; the load generator's figures
+    (``requests``, ``duration_s``, ``errors``, ``p50_ms``, ``p99_ms``)."""
+    done = subprocess.run(_loadgen_argv(server.url, connections, duration), capture_output=True,
+                          cwd=_ROOT, preexec_fn=_affinity(cores), check=False)
+    lines = [ln for ln in done.stdout.decode().splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"load generator failed ({done.returncode}): "
+                           f"{done.stderr.decode()[-500:]}")
+    result: dict[str, float] = json.loads(lines[-1])
+    return result
+
+
 def drive(server: Server, *, connections: int, duration: float, cores: set[int],
           server_cores: set[int], limits: Limits) -> Run:
     """Load ``server`` with launches for ``duration`` seconds and judge the run."""
     cpu_before, gen_before = server.cpu_seconds(), _children_cpu()
     core_before, started = _core_busy(server_cores), time.monotonic()
-    done = subprocess.run(_loadgen_argv(server.url, connections, duration), capture_output=True,
-                          cwd=_ROOT, preexec_fn=_affinity(cores), check=False)
+    result = launches(server, connections=connections, duration=duration, cores=cores)
     wall = time.monotonic() - started
     server_cpu = (server.cpu_seconds() - cpu_before) / wall
     gen_cpu = (_children_cpu() - gen_before) / wall
     others = max(0.0, (_core_busy(server_cores) - core_before) / wall - server_cpu)
-    lines = [ln for ln in done.stdout.decode().splitlines() if ln.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"load generator failed ({done.returncode}): "
-                           f"{done.stderr.decode()[-500:]}")
-    result = json.loads(lines[-1])
     refused = None
     if gen_cpu >= limits.loadgen_max:
         refused = f"load generator used {gen_cpu:.0%} of its core"

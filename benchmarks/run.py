@@ -1,4 +1,4 @@
-"""Entry point: ``python -m benchmarks.run {throughput,probing,placement,all} [options]``.
+"""Entry point: ``python -m benchmarks.run {throughput,probing,placement,instructions,all}``.
 
 * ``throughput`` — the router as shipped (``federation serve``, default settings: metrics,
   sticky cookies, default logging) against a bare aiohttp app answering a fixed 307, on the
@@ -6,6 +6,8 @@
 * ``probing`` — the router with 100 members probed every second against 3 members probed
   every 10 s; the difference is what probing costs the request path.
 * ``placement`` — microseconds per routing decision (parse + route) at 3, 5, 10, 100 members.
+* ``instructions`` — user-space instructions per launch under callgrind, router vs reference:
+  steady where timings on a shared machine are not (needs ``apt-get install valgrind``).
 
 wrk drives the load when installed (``apt-get install wrk``), else a Python load generator
 that is usually too slow to saturate a server (such runs are refused, not reported). Servers
@@ -33,6 +35,7 @@ import click
 
 from benchmarks import harness
 from benchmarks.harness import Limits, Run, Server, Summary
+from benchmarks.instructions import count_instructions, instructions_table, missing_tools
 from benchmarks.placement import placement_table, run_placement
 
 __all__ = ["main"]
@@ -297,6 +300,29 @@ def placement(decisions: int) -> None:
     yardstick = min(timeit.repeat("sum(range(100))", number=20_000, repeat=5)) / 20_000 * 1e6
     click.echo(f"\nYardstick for comparing machines: sum(range(100)) takes {yardstick:.2f} µs "
                "here.")
+
+
+@main.command()
+@click.option("--duration", type=click.FloatRange(2, 600), default=10, show_default=True,
+              help="Seconds of counted load per server.")
+@click.option("--warmup", type=click.FloatRange(1, 60), default=5, show_default=True,
+              help="Seconds of uncounted load first.")
+@click.option("--loop", "loop_kind", type=click.Choice(["auto", "asyncio", "uvloop"]),
+              default="auto", show_default=True)
+def instructions(duration: float, warmup: float, loop_kind: str) -> None:
+    """Instructions per launch under callgrind, router vs reference (needs valgrind)."""
+    missing = missing_tools()
+    if missing:
+        raise click.ClickException(f"{', '.join(missing)} not found: install Debian's "
+                                   "valgrind package (apt-get install valgrind)")
+    loop = harness.choose_loop(loop_kind)
+    server_cores, load_cores = harness.pinning()
+    with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp:
+        counts = count_instructions(Path(tmp), loop=loop, duration=duration, warmup=warmup,
+                                    server_cores=server_cores, load_cores=load_cores)
+    click.echo(f"\nUser-space instructions per launch (callgrind, one connection, loop {loop})"
+               "\n")
+    click.echo(instructions_table(counts))
 
 
 @main.command(name="all")
