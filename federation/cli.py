@@ -27,7 +27,7 @@ from aiohttp import web
 
 from federation.config import Config, Strategy
 from federation.drains import current_user, drain_member, undrain_member
-from federation.errors import ConfigError, FederationError, LaunchPathError
+from federation.errors import ConfigError, FederationError, KubeError, LaunchPathError
 from federation.launch import parse_launch
 from federation.logs import LogFormat, configure_logging
 from federation.placement import rank
@@ -62,7 +62,6 @@ _kubeconfig_option = click.option(
 def _using_stores(kubeconfig: str | None, work: Callable[[Stores], Awaitable[_T]]) -> _T:
     """Run ``work`` with access to config and drains; any failure (invalid config, Kubernetes
     unreachable, drain refused) is printed as one sentence and exits 1."""
-    from federation.kube import KubeError
     from federation.stores import Stores
 
     async def run() -> _T:
@@ -323,7 +322,6 @@ def route(config_path: str, kubeconfig: str | None, as_json: bool,
 
 async def _config_and_drains(stores: Stores, config_path: str) -> tuple[Config, Drains]:
     """The config, and the drains in force as far as they can be read (else a warning)."""
-    from federation.kube import KubeError
 
     opened = await stores.open(config_path)
     try:

@@ -14,7 +14,22 @@ status page can show them without parsing strings.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DrainError", "FederationError", "LaunchPathError", "ProbeError"]
+__all__ = [
+    "ConfigError",
+    "DrainError",
+    "FederationError",
+    "InvalidConfigMapRef",
+    "KubeAPIError",
+    "KubeConfigError",
+    "KubeError",
+    "KubeUnreachable",
+    "LaunchPathError",
+    "ProbeError",
+    "ResourceConflict",
+    "ResourceExpired",
+    "ResourceNotFound",
+    "WatchStreamError",
+]
 
 
 class FederationError(Exception):
@@ -73,3 +88,66 @@ class DrainError(FederationError):
         self.member = member
         self.reason = reason
         super().__init__(f"cannot change drain of {member!r}: {reason}")
+
+
+# -- Kubernetes API (federation.kube) ------------------------------------------------------
+
+class KubeError(Exception):
+    """Base of every error ``federation.kube`` raises."""
+
+
+class KubeConfigError(KubeError):
+    """No client could be configured from `source` (a kubeconfig path or the pod's account)."""
+
+    def __init__(self, source: str, detail: str) -> None:
+        super().__init__(f"cannot configure a Kubernetes client from {source!r}: {detail}")
+        self.source = source
+        self.detail = detail
+
+
+class InvalidConfigMapRef(KubeError, ValueError):
+    """A ConfigMap reference that the API server would reject, named with the reason."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(f"invalid ConfigMap reference {text!r}: {reason}")
+        self.text = text
+        self.reason = reason
+
+
+class KubeUnreachable(KubeError):
+    """The API server did not answer `operation`: connection refused or cut, or a timeout."""
+
+    def __init__(self, operation: str, detail: str) -> None:
+        super().__init__(f"{operation}: {detail}")
+        self.operation = operation
+        self.detail = detail
+
+
+class WatchStreamError(KubeError):
+    """A watch stream carried a line that is not a `{"type", "object"}` event."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(f"not a watch event: {line!r}")
+        self.line = line
+
+
+class KubeAPIError(KubeError):
+    """The API server answered with a failure `Status`; its code, reason and message are kept."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class ResourceNotFound(KubeAPIError):
+    """404: the ConfigMap does not exist."""
+
+
+class ResourceConflict(KubeAPIError):
+    """409: someone else wrote first; re-read and try again."""
+
+
+class ResourceExpired(KubeAPIError):
+    """410: the resourceVersion is older than the server keeps; list again to catch up."""

@@ -35,6 +35,18 @@ import aiohttp
 import structlog
 import yaml
 
+from federation.errors import (
+    InvalidConfigMapRef,
+    KubeAPIError,
+    KubeConfigError,
+    KubeError,
+    KubeUnreachable,
+    ResourceConflict,
+    ResourceExpired,
+    ResourceNotFound,
+    WatchStreamError,
+)
+
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
@@ -44,15 +56,6 @@ if TYPE_CHECKING:
 __all__ = [
     "RECONNECT_BACKOFF",
     "ConfigMapRef",
-    "InvalidConfigMapRef",
-    "KubeAPIError",
-    "KubeConfigError",
-    "KubeError",
-    "KubeUnreachable",
-    "ResourceConflict",
-    "ResourceExpired",
-    "ResourceNotFound",
-    "WatchStreamError",
     "connect",
     "default_namespace",
     "read_configmap_key",
@@ -73,67 +76,6 @@ _NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _CONFIGMAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-
-
-class KubeError(Exception):
-    """Base of every error this module raises."""
-
-
-class KubeConfigError(KubeError):
-    """No client could be configured from `source` (a kubeconfig path or the pod's account)."""
-
-    def __init__(self, source: str, detail: str) -> None:
-        super().__init__(f"cannot configure a Kubernetes client from {source!r}: {detail}")
-        self.source = source
-        self.detail = detail
-
-
-class InvalidConfigMapRef(KubeError, ValueError):
-    """A ConfigMap reference that the API server would reject, named with the reason."""
-
-    def __init__(self, text: str, reason: str) -> None:
-        super().__init__(f"invalid ConfigMap reference {text!r}: {reason}")
-        self.text = text
-        self.reason = reason
-
-
-class KubeUnreachable(KubeError):
-    """The API server did not answer `operation`: connection refused or cut, or a timeout."""
-
-    def __init__(self, operation: str, detail: str) -> None:
-        super().__init__(f"{operation}: {detail}")
-        self.operation = operation
-        self.detail = detail
-
-
-class WatchStreamError(KubeError):
-    """A watch stream carried a line that is not a `{"type", "object"}` event."""
-
-    def __init__(self, line: str) -> None:
-        super().__init__(f"not a watch event: {line!r}")
-        self.line = line
-
-
-class KubeAPIError(KubeError):
-    """The API server answered with a failure `Status`; its code, reason and message are kept."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-class ResourceNotFound(KubeAPIError):
-    """404: the ConfigMap does not exist."""
-
-
-class ResourceConflict(KubeAPIError):
-    """409: someone else wrote first; re-read and try again."""
-
-
-class ResourceExpired(KubeAPIError):
-    """410: the resourceVersion is older than the server keeps; list again to catch up."""
 
 
 _ERRORS_BY_STATUS: Mapping[int, type[KubeAPIError]] = {

@@ -26,11 +26,9 @@ from aiohttp import web
 from federation.app import create_app
 from federation.config import Config, load_config, load_config_text
 from federation.drains import Drains, DrainStore, FileDrainStore, dump_drains, parse_drains
-from federation.errors import ConfigError
+from federation.errors import ConfigError, KubeConfigError, KubeError
 from federation.kube import (
     ConfigMapRef,
-    KubeConfigError,
-    KubeError,
     connect,
     default_namespace,
     read_configmap_key,

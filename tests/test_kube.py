@@ -22,15 +22,8 @@ from kubernetes_asyncio.client import (
 )
 
 from federation import kube
-from federation.kube import (
-    ConfigMapRef,
-    InvalidConfigMapRef,
-    KubeConfigError,
-    ResourceConflict,
-    connect,
-    update_configmap_key,
-    watch_configmap,
-)
+from federation.errors import InvalidConfigMapRef, KubeConfigError, ResourceConflict
+from federation.kube import ConfigMapRef, connect, update_configmap_key, watch_configmap
 from tests.kubeapi import FakeKubeAPI, running_kube_api
 
 pytestmark = pytest.mark.timeout(3)
