@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import math
-import os
-import signal
-import socket
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import click
-import structlog
-from aiohttp import web
 
 from federation.config import Config, Strategy
 from federation.drains import current_user, drain_member, undrain_member
@@ -31,6 +24,7 @@ from federation.errors import ConfigError, FederationError, KubeError, LaunchPat
 from federation.launch import parse_launch
 from federation.logs import LogFormat, configure_logging
 from federation.placement import rank
+from federation.serving import ServeError, run_router, supervise
 
 __all__ = ["DEFAULT_PORT", "main"]
 
@@ -41,8 +35,6 @@ _T = TypeVar("_T")
 if TYPE_CHECKING:
     from federation.drains import Drains
     from federation.stores import Stores
-
-log = structlog.get_logger("federation.cli")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -101,139 +93,18 @@ def serve(config_path: str, kubeconfig: str | None, host: str, port: int,
     on the same port, and the kernel spreads connections among them.
     """
     configure_logging(log_format)
-    if workers == 1:
-        _serve(config_path, kubeconfig=kubeconfig, host=host, port=port, loop_kind=loop_kind)
-    else:
+    if workers > 1:
         # A bad config (or an unreachable ConfigMap) fails here, before any worker starts.
         _using_stores(kubeconfig, lambda stores: stores.open_with_drains(config_path))
-        _supervise(config_path, kubeconfig=kubeconfig, host=host, port=port,
-                   loop_kind=loop_kind, workers=workers)
-
-
-def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
-    """uvloop when asked for, or for ``auto`` when it is installed; else asyncio's loop."""
-    if kind != "asyncio":
-        try:
-            uvloop = importlib.import_module("uvloop")
-        except ImportError:
-            if kind == "uvloop":
-                _fail("--loop uvloop: uvloop is not installed; install the 'fast' extra: "
-                      "pip install 'binder-federation-router[fast]'")
+    try:
+        if workers == 1:
+            run_router(config_path, kubeconfig=kubeconfig, host=host, port=port,
+                       loop_kind=loop_kind)
         else:
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-            return loop
-    return asyncio.new_event_loop()
-
-
-def _serve(config_path: str, *, kubeconfig: str | None, host: str, port: int, loop_kind: str,
-           supervisor: int | None = None) -> None:
-    """One router process until SIGTERM or SIGINT; SIGHUP re-reads the config at once.
-
-    The config is read, and any Kubernetes client made, inside the router's own event loop
-    (a client cannot move between loops); a config that cannot be read or is invalid stops
-    the process before it listens.
-    """
-
-    async def router() -> web.Application:
-        from federation.stores import build_router
-
-        app, source = await build_router(config_path, kubeconfig=kubeconfig)
-
-        async def on_startup(app: web.Application) -> None:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, source.reload_now)
-
-        app.on_startup.append(on_startup)
-        if supervisor is not None:
-            app.cleanup_ctx.append(_orphan_guard(supervisor))
-        return app
-
-    try:
-        web.run_app(router(), host=host, port=port, access_log=None, print=None,
-                    handle_signals=True, shutdown_timeout=5, reuse_port=supervisor is not None,
-                    loop=_new_loop(loop_kind))
-    except ConfigError as e:
-        _fail(f"{e}; the router did not start")
-
-
-def _orphan_guard(supervisor: int) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A worker whose supervisor is gone (SIGKILL, OOM) stops itself: no orphan routers."""
-
-    async def guard(app: web.Application) -> AsyncIterator[None]:
-        async def watch() -> None:
-            while os.getppid() == supervisor:
-                await asyncio.sleep(1.0)
-            log.warning("the supervising process is gone; this worker stops")
-            os.kill(os.getpid(), signal.SIGTERM)  # run_app's own handler shuts down cleanly
-
-        task = asyncio.create_task(watch(), name="orphan-guard")
-        yield
-        task.cancel()
-
-    return guard
-
-
-def _supervise(config_path: str, *, kubeconfig: str | None, host: str, port: int,
-               loop_kind: str, workers: int) -> None:
-    """Run ``workers`` routers on one port; stop them all on SIGTERM/SIGINT or when one dies.
-
-    A worker that dies takes the others down and the supervisor exits non-zero, so the
-    orchestrator restarts the whole pod instead of it serving at reduced capacity unnoticed.
-    SIGHUP is passed on to every worker.
-    """
-    import multiprocessing.connection  # only a supervisor needs it: a single router never loads it
-
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    reserve = socket.socket(family, kind, proto)  # holds the port; port 0 becomes a real one
-    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        reserve.bind(address)
-    except OSError as e:
-        _fail(f"cannot listen on {host}:{port}: {e.strerror}")
-    port = reserve.getsockname()[1]
-    importlib.import_module("federation.app")  # once, here: the forked workers share it
-    context = multiprocessing.get_context("fork")  # no threads yet; fast, nothing to pickle
-    procs = [context.Process(target=_serve, name=f"worker-{i}", args=(config_path,),
-                             kwargs={"kubeconfig": kubeconfig, "host": host, "port": port,
-                                     "loop_kind": loop_kind, "supervisor": os.getpid()})
-             for i in range(1, workers + 1)]
-    for proc in procs:
-        proc.start()
-    stopping = False
-
-    def signal_all(signum: int) -> None:
-        for proc in procs:
-            if proc.pid is not None and proc.exitcode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signum)
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        signal_all(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGHUP, lambda signum, frame: signal_all(signal.SIGHUP))
-    log.info("router listening", url=f"http://{host}:{port}", workers=workers,
-             pids=[proc.pid for proc in procs])
-    failed = None
-    running, deadline = list(procs), math.inf
-    while running:
-        multiprocessing.connection.wait([p.sentinel for p in running], timeout=0.5)
-        for proc in [p for p in running if p.exitcode is not None]:
-            running.remove(proc)
-            if not stopping:
-                failed = proc
-                stop(signal.SIGTERM, None)
-        if stopping and deadline == math.inf:
-            deadline = time.monotonic() + 10  # run_app's shutdown_timeout is 5 s
-        if time.monotonic() > deadline:
-            for proc in running:
-                proc.kill()
-    reserve.close()
-    if failed is not None:
-        _fail(f"{failed.name} (pid {failed.pid}) exited with code {failed.exitcode}; "
-              "stopped the other workers")
+            supervise(config_path, kubeconfig=kubeconfig, host=host, port=port,
+                      loop_kind=loop_kind, workers=workers)
+    except ServeError as e:
+        _fail(str(e))
 
 
 @main.command()
