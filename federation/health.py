@@ -13,6 +13,7 @@ relies on (binderhub-protocol.md §3.1, §3.2):
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -158,8 +159,13 @@ class MemberHealth:
         return self.report.pod_quota if self.report else None
 
 
+@functools.lru_cache(maxsize=256)
 def parse_health(status: int, body: bytes) -> HealthReport:
-    """Parse BinderHub's /health (200 or 503 with the same JSON body)."""
+    """Parse BinderHub's /health (200 or 503 with the same JSON body).
+
+    Memoized on the answer (the result is immutable): a member whose answer has not changed
+    since its last round costs a lookup, not a JSON parse. Refusals raise and are not kept.
+    """
     if status not in (200, 503):
         raise ProbeError(f"HTTP {status}", "/health answered neither 200 nor 503")
     data = _json_object(body, "/health")
@@ -195,8 +201,9 @@ def _pod_quota(item: Mapping[str, Any]) -> PodQuota:
     return PodQuota(count("total_pods"), count("user_pods"), count("build_pods"), quota)
 
 
+@functools.lru_cache(maxsize=256)
 def parse_versions(status: int, body: bytes) -> Versions:
-    """Parse BinderHub's /versions."""
+    """Parse BinderHub's /versions; memoized like ``parse_health`` (it changes on deploys only)."""
     if status != 200:
         raise ProbeError(f"HTTP {status}", "/versions did not answer 200")
     data = _json_object(body, "/versions")
