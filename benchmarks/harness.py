@@ -159,11 +159,8 @@ def router(name: str, workdir: Path, urls: Sequence[str], *, interval: float, lo
                            str(config), "--host", "127.0.0.1", "--port", str(port), "--loop",
                            loop],
                     cores, workdir / f"{config.stem}.log", port)
-    try:
-        _wait_until(server, "/_router/ready", 200, ready_timeout)
+    with _running(server, "/_router/ready", 200, ready_timeout):
         yield server
-    finally:
-        server.stop()
 
 
 @contextlib.contextmanager
@@ -174,9 +171,16 @@ def reference(workdir: Path, *, loop: str, cores: set[int], wrapper: Sequence[st
     server = _start("reference", [*wrapper, sys.executable, "-m", "benchmarks.reference",
                                   "--port", str(port), "--loop", loop],
                     cores, workdir / "reference.log", port)
-    try:
-        _wait_until(server, "/build/gh/a/b/HEAD", 307, ready_timeout)
+    with _running(server, "/build/gh/a/b/HEAD", 307, ready_timeout):
         yield server
+
+
+@contextlib.contextmanager
+def _running(server: Server, path: str, status: int, timeout: float) -> Iterator[None]:
+    """Until the block ends: ``server`` answering ``path`` with ``status``, then stopped."""
+    try:
+        _wait_until(server, path, status, timeout)
+        yield
     finally:
         server.stop()
 

@@ -94,13 +94,20 @@ def _refusal(request: web.BaseRequest, status: int, reason: str,
 
 
 @dataclass(frozen=True, slots=True)
+class _Home:
+    """The redirect to the member placement ranks first for a target, ready to send."""
+
+    member: str
+    headers: CIMultiDict[str]
+    count: Callable[[], None]  # counts one launch sent there (``RouterState.launch_counter``)
+
+
+@dataclass(frozen=True, slots=True)
 class _Answer:
-    """A launch target's parsed key and the redirect to its home member, made once."""
+    """A launch target's parsed key and its home redirect (None under random placement)."""
 
     launch: LaunchKey
-    home: str | None  # the member placement ranks first; None under random placement
-    home_headers: CIMultiDict[str]
-    count_home: Callable[[], None]  # counts one launch sent home (``RouterState.launch_counter``)
+    home: _Home | None
 
 
 class _Launcher:
@@ -145,11 +152,11 @@ class _Launcher:
                 except LaunchPathError as e:
                     self.metrics.bad_launch.inc()
                     return _refusal(request, e.status, e.reason)
-            cookie = request.headers.get(hdrs.COOKIE)
-            if (answer.home is not None and (cookie is None or "host" not in cookie)
-                    and table.has_room(answer.home, self.state.sent)):
-                return self._redirect(answer.count_home, answer.home_headers, answer.launch,
-                                      answer.home, table.reason)
+            home, cookie = answer.home, request.headers.get(hdrs.COOKIE)
+            if (home is not None and (cookie is None or "host" not in cookie)
+                    and table.has_room(home.member, self.state.sent)):
+                return self._redirect(home.count, home.headers, answer.launch, home.member,
+                                      table.reason)
             sticky = request.cookies.get("host") if cookie else None
             decision = table.route(answer.launch, cookie=sticky, loads=self.state.sent,
                                    rng=self.rng)
@@ -158,8 +165,9 @@ class _Launcher:
                 return _refusal(request, 503, "No member of the federation can take launches "
                                 "right now. Please try again in a minute.", {"Retry-After": "30"})
             member = decision.member
-            headers = (answer.home_headers if member.name == answer.home else _redirect_headers(
-                member.url, request_target(request), answer.launch, table.config))
+            headers = (home.headers if home is not None and member.name == home.member
+                       else _redirect_headers(member.url, request_target(request),
+                                              answer.launch, table.config))
             return self._redirect(self._counter(member.name, decision.reason), headers,
                                   answer.launch, member.name, decision.reason)
         finally:
@@ -175,13 +183,11 @@ class _Launcher:
         """Parse a target and make its home redirect, kept while the rankings hold."""
         target = request_target(request)
         launch = parse_launch(target)
-        home = table.home(launch.key)
-        if home is None:
-            answer = _Answer(launch, None, CIMultiDict(), _nothing)
-        else:
-            answer = _Answer(launch, home, _redirect_headers(
-                table.by_name[home].url, target, launch, table.config),
-                self._counter(home, table.reason))
+        name = table.home(launch.key)
+        home = None if name is None else _Home(
+            name, _redirect_headers(table.by_name[name].url, target, launch, table.config),
+            self._counter(name, table.reason))
+        answer = _Answer(launch, home)
         if len(self._answers) >= _ANSWERS_KEPT:
             self._answers.clear()
         self._answers[request.raw_path] = answer
@@ -205,10 +211,6 @@ class _Launcher:
         if count is None:
             count = self._counters[member, reason] = self.state.launch_counter(member, reason)
         return count
-
-
-def _nothing() -> None:
-    """No launch to count: under random placement an answer has no home."""
 
 
 class _Subtree(web.PlainResource):
