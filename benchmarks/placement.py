@@ -22,7 +22,7 @@ from benchmarks.workload import MEMBER_QUOTA, config_text, launch_path, random_p
 from federation.config import load_config_text
 from federation.health import HealthReport, MemberHealth, PodQuota, State
 from federation.launch import parse_launch
-from federation.table import RoutingTable, build_table
+from federation.table import RoutingTable, SentLaunches, build_table
 
 __all__ = ["PlacementResult", "healthy_table", "measure", "run_placement"]
 
@@ -78,11 +78,11 @@ def measure(decide: Callable[[str], object], paths: Sequence[str]) -> list[float
 
 def _decider(table: RoutingTable) -> Callable[[str], object]:
     """What ``_Launcher`` does per launch, minus HTTP: parse, then route with live loads."""
-    loads = {m.name: i % 4 for i, m in enumerate(table.routable)}  # launches since last probe
+    sent = SentLaunches({m.name: i % 4 for i, m in enumerate(table.routable)})  # since probes
     rng = random.Random(1)
 
     def decide(path: str) -> object:
-        return table.route(parse_launch(path), cookie=None, loads=loads, rng=rng)
+        return table.route(parse_launch(path), cookie=None, sent=sent, rng=rng)
 
     return decide
 

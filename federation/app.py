@@ -53,7 +53,6 @@ METRICS_PATH = "/metrics"
 ACTIVE_HOSTS_PATH = "/active_hosts"
 
 STATE = web.AppKey("state", RouterState)
-_PROBE_SESSION = web.AppKey("probe_session", aiohttp.ClientSession)
 _PROXY_SESSION = web.AppKey("proxy_session", aiohttp.ClientSession)
 
 log = structlog.get_logger("federation.app")
@@ -158,7 +157,7 @@ class _Launcher:
                 return self._redirect(home.count, home.headers, answer.launch, home.member,
                                       table.reason)
             sticky = request.cookies.get("host") if cookie else None
-            decision = table.route(answer.launch, cookie=sticky, loads=self.state.sent,
+            decision = table.route(answer.launch, cookie=sticky, sent=self.state.sent,
                                    rng=self.rng)
             if decision is None:
                 self.metrics.no_member.inc()
@@ -396,7 +395,7 @@ def _lifetime(
         proxy_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256), auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar())
-        app[_PROBE_SESSION], app[_PROXY_SESSION] = probe_http, proxy_session
+        app[_PROXY_SESSION] = proxy_session
 
         jitter_rng = random.Random()
 

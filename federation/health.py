@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -276,23 +276,20 @@ def advance(
     ``successes_to_restore`` consecutive successes bring it back.
     """
     reason = verdict(result, policy=policy, prime_versions=prime_versions)
-    seen = replace(prev, probes=prev.probes + 1, last=result,
-                   report=result.health or prev.report, versions=result.versions or prev.versions)
+    state, why, since = prev.state, prev.reason, prev.since
     if reason is None:
-        successes = prev.successes + 1
-        restore = prev.state is State.UNKNOWN or (
-            prev.state is State.UNHEALTHY and successes >= successes_to_restore
-        )
-        if restore:
-            return replace(seen, state=State.HEALTHY, reason="", since=result.at, failures=0,
-                           successes=successes)
-        return replace(seen, failures=0, successes=successes)
-    failures = prev.failures + 1
-    eject = prev.state is State.UNKNOWN or (
-        prev.state is State.HEALTHY and failures >= failures_to_eject
-    )
-    if eject:
-        return replace(seen, state=State.UNHEALTHY, reason=reason, since=result.at,
-                       failures=failures, successes=0)
-    keep_reason = reason if prev.state is State.UNHEALTHY else prev.reason
-    return replace(seen, reason=keep_reason, failures=failures, successes=0)
+        failures, successes = 0, prev.successes + 1
+        if state is State.UNKNOWN or (state is State.UNHEALTHY
+                                      and successes >= successes_to_restore):
+            state, why, since = State.HEALTHY, "", result.at
+    else:
+        failures, successes = prev.failures + 1, 0
+        if state is State.UNKNOWN or (state is State.HEALTHY and failures >= failures_to_eject):
+            state, why, since = State.UNHEALTHY, reason, result.at
+        elif state is State.UNHEALTHY:
+            why = reason  # still out: say why as of now
+    # built whole, not by ``replace``: this runs for every member every round
+    return MemberHealth(state=state, reason=why, since=since, failures=failures,
+                        successes=successes, probes=prev.probes + 1, last=result,
+                        report=result.health or prev.report,
+                        versions=result.versions or prev.versions)

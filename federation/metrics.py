@@ -150,6 +150,7 @@ class Metrics:
         self._state: dict[str, str] = {}
         self._checks: dict[str, set[str]] = {}
         self._synced: dict[str, tuple[object, ...]] = {}
+        self._numbers: dict[str, tuple[int | None, int | None]] = {}
         self._probe_children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self.route_latency = self.launches.latency
 
@@ -169,12 +170,22 @@ class Metrics:
         self._members = names
         self.panic.set(1 if table.panic else 0)
         prime_versions = table.by_name[table.config.prime.name].health.versions
+        policy = table.config.health.versions
         for m in table.members:
-            # Tables are rebuilt on every visible probe change; only changed members are
-            # written, which keeps a 100-member federation's probes cheap.
-            seen = (m.status, m.health.reason, m.drain is not None, m.effective_weight, m.pods,
-                    m.quota, m.health.report, m.health.versions, prime_versions,
-                    table.config.health.versions)
+            # Tables are rebuilt on every visible probe change, and busy members report new
+            # pod counts on nearly every probe: those two gauges are written apart, and the
+            # rest only for members whose state changed.
+            numbers = (m.pods, m.quota)
+            if self._numbers.get(m.name) != numbers:
+                self._numbers[m.name] = numbers
+                if m.pods is not None:
+                    self.pods.labels(m.name).set(m.pods)
+                if m.quota is not None:
+                    self.quota.labels(m.name).set(m.quota)
+            report = m.health.report
+            seen = (m.status, m.health.reason, m.drain is not None, m.effective_weight,
+                    report.checks if report else None, m.health.versions, prime_versions,
+                    policy)
             if self._synced.get(m.name) == seen:
                 continue
             self._synced[m.name] = seen
@@ -194,10 +205,6 @@ class Metrics:
             self.state.labels(m.name, m.status.value).set(1)
             self.drained.labels(m.name).set(1 if m.drain else 0)
             self.weight.labels(m.name).set(m.effective_weight)
-            if m.pods is not None:
-                self.pods.labels(m.name).set(m.pods)
-            if m.quota is not None:
-                self.quota.labels(m.name).set(m.quota)
             self._sync_checks(table, m.name)
 
     def _sync_checks(self, table: RoutingTable, name: str) -> None:
@@ -221,6 +228,7 @@ class Metrics:
     def _forget(self, name: str) -> None:
         """Remove every series of a member that left the config."""
         self._synced.pop(name, None)
+        self._numbers.pop(name, None)
         for outcome in _PROBE_OUTCOMES:
             self._probe_children.pop((name, outcome), None)
         for per_member in (self.drained, self.weight, self.pods, self.quota,

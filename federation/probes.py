@@ -11,21 +11,18 @@ never waits on a probe.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import aiohttp
 import structlog
-import yarl
 
 from federation import __version__
 from federation.config import HealthSettings, Member
 from federation.errors import ProbeError
+from federation.fetch import Fetcher
 from federation.health import (
     HealthReport,
     MemberHealth,
@@ -50,66 +47,24 @@ class _Target:
     settings: HealthSettings
 
 
-def probe_session(*, keep_alive: bool = True) -> aiohttp.ClientSession:
-    """The HTTP client probes use.
-
-    Two kept-alive connections per member (/health and /versions go in parallel); no
-    timeouts of aiohttp's own, as every fetch runs under the probe timeout; the headers set
-    once, not per request. ``keep_alive=False`` suits one-off rounds (``check --probe``).
-    """
-    connector = (aiohttp.TCPConnector(limit=0, limit_per_host=2, ttl_dns_cache=60)
-                 if keep_alive else aiohttp.TCPConnector(force_close=True))
-    return aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(), auto_decompress=True,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"Accept": "application/json", "User-Agent": _USER_AGENT})
+def probe_session(*, keep_alive: bool = True) -> Fetcher:
+    """The HTTP client probes use: kept-alive connections (two per member, as /health and
+    /versions go in parallel); ``keep_alive=False`` suits one-off rounds (``check --probe``)."""
+    return Fetcher(user_agent=_USER_AGENT, keep_alive=keep_alive)
 
 
 _USER_AGENT = f"binder-federation-router/{__version__} (health probe)"
 
 
-@functools.lru_cache(maxsize=1024)
-def _url(url: str) -> yarl.URL:
-    """A member endpoint parsed once, not on every probe round."""
-    return yarl.URL(url)
-
-
-async def _fetch(
-    session: aiohttp.ClientSession, url: str, *, limit: int, timeout: float
-) -> tuple[int, bytes]:
-    """GET ``url`` and read at most ``limit`` bytes of body, all under ``timeout``."""
-    async with asyncio.timeout(timeout), session.get(_url(url), allow_redirects=False) as resp:
-        length = resp.content_length
-        if length is not None and length > limit:
-            raise ProbeError("answer too large", f"{url} announced {length} bytes")
-        body = bytearray()
-        # read(n) returns whatever has arrived, so loop until the end or past the cap
-        while chunk := await resp.content.read(limit + 1 - len(body)):
-            body += chunk
-            if len(body) > limit:
-                raise ProbeError("answer too large", f"{url} sent more than {limit} bytes")
-        return resp.status, bytes(body)
-
-
 async def _answer(
-    session: aiohttp.ClientSession,
+    fetcher: Fetcher,
     url: str,
     parse: Callable[[int, bytes], _Parsed],
     settings: HealthSettings,
 ) -> _Parsed:
     """One endpoint fetched and parsed; every way it can go wrong is a ``ProbeError``."""
-    timeout = settings.timeout
-    try:
-        status, body = await _fetch(session, url, limit=settings.max_body_bytes,
-                                    timeout=timeout)
-    except TimeoutError:
-        raise ProbeError(f"timeout after {timeout:g}s", url) from None
-    except aiohttp.ClientConnectorError as e:
-        raise ProbeError("unreachable", str(e)) from None
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, OSError) as e:
-        raise ProbeError("connection closed", f"{url}: {type(e).__name__}") from None
-    except aiohttp.ClientError as e:
-        raise ProbeError(f"bad answer ({type(e).__name__})", url) from None
+    status, body = await fetcher.get(url, limit=settings.max_body_bytes,
+                                     timeout=settings.timeout)
     return parse(status, body)
 
 
@@ -125,7 +80,7 @@ def _failure(outcome: object, member: Member, what: str) -> str | None:
 
 
 async def probe_member(
-    session: aiohttp.ClientSession,
+    fetcher: Fetcher,
     member: Member,
     settings: HealthSettings,
     *,
@@ -138,8 +93,8 @@ async def probe_member(
     """
     started = clock()
     health, versions = await asyncio.gather(
-        _answer(session, member.health_url, parse_health, settings),
-        _answer(session, member.versions_url, parse_versions, settings),
+        _answer(fetcher, member.health_url, parse_health, settings),
+        _answer(fetcher, member.versions_url, parse_versions, settings),
         return_exceptions=True,
     )
     health_error = _failure(health, member, "health")
@@ -194,11 +149,11 @@ class Prober:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        fetcher: Fetcher,
         on_result: ResultCallback,
         delay_for: Callable[[str, HealthSettings], float],
     ) -> None:
-        self._session = session
+        self._fetcher = fetcher
         self._on_result = on_result
         self._delay_for = delay_for
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -229,7 +184,7 @@ class Prober:
     async def _loop(self, name: str) -> None:
         while name in self._targets:
             target = self._targets[name]
-            result = await probe_member(self._session, target.member, target.settings)
+            result = await probe_member(self._fetcher, target.member, target.settings)
             if self._targets.get(name) is not target:
                 continue  # the member changed during the round: probe the new one
             try:
@@ -238,9 +193,14 @@ class Prober:
                 log.exception("probe result handling failed", member=name)
             wake = self._wake[name]
             wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._delay_for(name, target.settings)):
-                    await wake.wait()
+            # a timer that sets the event, not asyncio.timeout: no exception thrown into
+            # the task a hundred times a second
+            timer = asyncio.get_running_loop().call_later(
+                self._delay_for(name, target.settings), wake.set)
+            try:
+                await wake.wait()
+            finally:
+                timer.cancel()
 
     async def close(self) -> None:
         """Stop every probe task and wait for them to end."""

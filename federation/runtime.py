@@ -22,7 +22,7 @@ from federation.drains import Drains
 from federation.errors import ConfigError
 from federation.health import MemberHealth, ProbeResult, State, Versions, advance
 from federation.metrics import Metrics
-from federation.table import MemberStatus, RoutingTable, build_table
+from federation.table import MemberStatus, RoutingTable, SentLaunches, build_table
 
 __all__ = ["ConfigRejection", "RouterState"]
 
@@ -62,7 +62,7 @@ class RouterState:
         self.drains: Drains = MappingProxyType({})
         self.drain_error: ConfigError | None = None
         self.rejection: ConfigRejection | None = None
-        self.sent: dict[str, int] = {}  # launches sent per member since its last probe
+        self.sent = SentLaunches()  # launches sent per member since its last probe
         self.routable_since: dict[str, float] = {}
         # Launch totals per member noted every _BUCKET seconds; the oldest is the baseline.
         self.recent: deque[tuple[float, Counter[str]]] = deque([(self.started, Counter())])
@@ -80,7 +80,7 @@ class RouterState:
         old = {m.name for m in self.config.members}
         for gone in old - names:
             self.healths.pop(gone, None)
-            self.sent.pop(gone, None)
+            self.sent.forget(gone)
             self.routable_since.pop(gone, None)
         self.config = config
         self.generation += 1
@@ -133,7 +133,7 @@ class RouterState:
                       failures_to_eject=settings.failures_to_eject,
                       successes_to_restore=settings.successes_to_restore)
         self.healths[name] = new
-        self.sent[name] = 0  # the member's own pod count now includes what we sent it
+        self.sent.reset(name)  # the member's own pod count now includes what we sent it
         self.metrics.probed(name, result)
         if new.state is not prev.state:
             healthy = new.state is State.HEALTHY
@@ -179,9 +179,11 @@ class RouterState:
         counts live: ``sent`` (bounded loads, until the member's next probe) and the
         redirect metrics. Made once per pair, called per launch."""
         sent, count = self.sent, self.metrics.redirect_counter(member, reason)
+        counts = sent.counts
 
-        def launched() -> None:
-            sent[member] = sent.get(member, 0) + 1
+        def launched() -> None:  # ``SentLaunches.add``, inlined: this runs for every launch
+            counts[member] = counts.get(member, 0) + 1
+            sent.total += 1
             count()
 
         return launched

@@ -6,7 +6,7 @@ module replays a trace on a virtual clock instead and counts what each strategy 
 Nothing here re-implements placement: every launch is decided by ``RoutingTable.route`` on a
 table from ``build_table``, exactly as the serving path does, and the load signal is the
 router's own: each member's pods as its last probe reported them, plus the launches sent to it
-since (``RoutingTable.route(loads=)``). Probes run every ``probe_interval`` virtual seconds.
+since (``RoutingTable.route(sent=)``). Probes run every ``probe_interval`` virtual seconds.
 
 As in hashing.md §2.4, a member's load is its running sessions (each starts at its launch and
 runs for the trace's lifetime), and a launch "builds" when its repository was never launched
@@ -29,7 +29,7 @@ from typing import Any
 from federation.config import Config, Member, Strategy
 from federation.errors import ConfigError
 from federation.health import HealthReport, MemberHealth, PodQuota, State
-from federation.table import RoutingTable, build_table
+from federation.table import RoutingTable, SentLaunches, build_table
 from federation.traces import Launch, Trace
 
 __all__ = [
@@ -251,7 +251,7 @@ class _Replay:
         self.interval, self.report_quota = probe_interval, report_quota
         self.sample_every = sample_every
         self.load = dict.fromkeys(self.names, 0)
-        self.sent: dict[str, int] = {}
+        self.sent = SentLaunches()
         self.ends: list[tuple[float, str]] = []
         self.built: dict[str, set[str]] = {n: set() for n in self.names}
         self.count = {field: Counter[str]() for field in ("launches", "builds", "spill", "peak")}
@@ -262,7 +262,7 @@ class _Replay:
 
     def _probe(self) -> RoutingTable:
         """A probe round of every member: the table sees current loads; ``sent`` restarts."""
-        self.sent = {}
+        self.sent = SentLaunches()
         healths = _healths(self.config, self.quotas, self.load, report_quota=self.report_quota)
         return build_table(self.config, healths, {}, now=self.next_probe)
 
@@ -285,14 +285,14 @@ class _Replay:
 
     def place(self, item: Launch, rng: random.Random) -> None:
         """Route one launch as the router would, start its session, count the outcome."""
-        decision = self.table.route(item.launch, loads=self.sent, rng=rng)
+        decision = self.table.route(item.launch, sent=self.sent, rng=rng)
         if decision is None:
             self.totals["refused"] += 1
             return
         name, key = decision.member.name, item.launch.key
         self.totals["over_quota"] += self.load[name] >= self.quotas.get(name, 0)
         self.totals["fallbacks"] += decision.reason == "fallback"
-        self.sent[name] = self.sent.get(name, 0) + 1
+        self.sent.add(name)
         self.load[name] += 1
         heapq.heappush(self.ends, (item.at + item.lifetime, name))
         self.count["launches"][name] += 1

@@ -26,13 +26,46 @@ from federation.placement import (
     random_choice,
 )
 
-__all__ = ["Decision", "MemberStatus", "MemberView", "RoutingTable", "build_table"]
+__all__ = ["Decision", "MemberStatus", "MemberView", "RoutingTable", "SentLaunches", "build_table"]
 
 SLOW_START_FLOOR = 0.1  # a ramping member starts at 10 % of its weight
 RANK_CACHE_SIZE = 4096  # repositories whose rankings are kept, at most
 RANK_CACHE_ENTRIES = 262_144  # member names kept over all of them (about 2 MiB)
 
 RedirectReason = Literal["cookie", "load_balancer", "spill-over", "fallback", "panic"]
+
+
+@dataclass(slots=True)
+class SentLaunches:
+    """Launches sent per member since its last probe, and their running total.
+
+    Bounded loads need the total for every launch; keeping it here costs one addition per
+    launch where summing a hundred members' counts cost a loop. Change it only through the
+    methods (or as the launch counter does, both at once), so the total stays true.
+    """
+
+    counts: dict[str, int] = field(default_factory=dict)
+    total: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total = sum(self.counts.values())
+
+    def add(self, name: str) -> None:
+        """One more launch sent to ``name``."""
+        self.counts[name] = self.counts.get(name, 0) + 1
+        self.total += 1
+
+    def reset(self, name: str) -> None:
+        """``name`` was probed: the pod count it reported includes what was sent to it."""
+        self.total -= self.counts.get(name, 0)
+        self.counts[name] = 0
+
+    def forget(self, name: str) -> None:
+        """``name`` left the config."""
+        self.total -= self.counts.pop(name, 0)
+
+
+_NOTHING_SENT = SentLaunches()
 
 
 class MemberStatus(StrEnum):
@@ -120,14 +153,15 @@ class RoutingTable:
         launch: LaunchKey,
         *,
         cookie: str | None = None,
-        loads: Mapping[str, int] | None = None,
+        sent: SentLaunches | None = None,
         rng: random.Random | None = None,
     ) -> Decision | None:
         """The member for a launch, or None when no member can take it (answer 503).
 
         A ``host`` cookie naming a routable member wins (it keeps a retried launch where its
         build started); otherwise the configured strategy decides among routable members,
-        and when there are none the fallback chain does.
+        and when there are none the fallback chain does. ``sent`` counts the launches sent
+        since each member's last probe, which its reported pods do not include yet.
         """
         if cookie is not None:
             sticky = self.by_url.get(cookie.strip('"'))
@@ -139,7 +173,7 @@ class RoutingTable:
         if self._random:
             name = random_choice(self._weights, rng or random.Random())
             return Decision(self.by_name[name or self.routable[0].name], self.reason)
-        sent = loads or {}
+        sent = _NOTHING_SENT if sent is None else sent
         home = self._homes.get(launch.key) or self._home_decision(launch.key)
         if home is None:  # every routable member has weight 0: nothing ranks
             return Decision(self.routable[0], self.reason)
@@ -183,7 +217,7 @@ class RoutingTable:
         return home.member.name if home else None
 
     @cached_property
-    def has_room(self) -> Callable[[str, Mapping[str, int]], bool]:
+    def has_room(self) -> Callable[[str, SentLaunches], bool]:
         """``has_room(name, sent)``: whether member ``name`` is below its bounded-load bound
         and its capacity, given ``sent``, the launches sent per member since their last
         probes. Always true without bounded loads.
@@ -191,8 +225,7 @@ class RoutingTable:
         ``route`` asks it member by member down a key's ranking, as ``bounded_choice``
         walks (the same decisions: tests/test_table_route.py), and the launch handler asks
         it of a repository's home member for nearly every launch. So what is fixed for the
-        snapshot is gathered once: per launch it is a lookup, one sum in C over ``sent``
-        and no lists.
+        snapshot is gathered once: per launch it is a few lookups and no lists.
         """
         if self.config.routing.strategy is not Strategy.BOUNDED:
             return _always
@@ -203,16 +236,17 @@ class RoutingTable:
         uncounted = tuple(m.name for m in self.members if m.name not in homes)
         load_factor, floor = self.config.routing.load_factor, self.config.routing.bound_floor
 
-        def has_room(name: str, sent: Mapping[str, int]) -> bool:
+        def has_room(name: str, sent: SentLaunches) -> bool:
             pods, capacity, weight = homes[name]
-            load = pods + sent.get(name, 0)
+            counts = sent.counts
+            load = pods + counts.get(name, 0)
             if load >= capacity:
                 return False
             if load < floor:
                 return True
-            total = reported + sum(sent.values())
+            total = reported + sent.total
             for other in uncounted:  # the walk counts the members it could choose, only
-                total -= sent.get(other, 0)
+                total -= counts.get(other, 0)
             # ``load_bound``, inlined: this runs for every launch
             return load < math.ceil(load_factor * (total + 1) * weight / total_weight)
 
@@ -300,7 +334,7 @@ _RANKERS: dict[tuple[tuple[str, float], ...], Callable[[str], tuple[str, ...]]] 
 _RANKERS_KEPT = 4
 
 
-def _always(home: str, sent: Mapping[str, int]) -> bool:
+def _always(home: str, sent: SentLaunches) -> bool:
     return True
 
 

@@ -11,6 +11,7 @@ from aiohttp import ClientSession
 
 from federation.demo import MemberControls
 from federation.launch import parse_launch
+from federation.table import SentLaunches
 from tests.conftest import Federation, StartFederation
 
 SLOW_PROBES = {"interval": 30}  # after the first round, no probe interrupts the test
@@ -72,10 +73,11 @@ async def test_launches_sent_since_the_probe_count_toward_the_bound(
     fed = await start_federation(["a", "b"], weights={"a": 10, "b": 10}, health=SLOW_PROBES)
     path = hot_repository(fed, ["a", "b"])
     assert [await member_of(fed, path) for _ in range(3)] == ["a", "a", "b"]
-    assert fed.state.sent == {"a": 2, "b": 1}
+    assert fed.state.sent == SentLaunches({"a": 2, "b": 1})
     fed.write_config({**fed.config_doc,
                       "health": {**fed.config_doc["health"], "timeout": 0.4}})
-    await fed.wait_for(lambda: fed.state.sent == {"a": 0, "b": 0}, what="a new probe round")
+    await fed.wait_for(lambda: fed.state.sent == SentLaunches({"a": 0, "b": 0}),
+                       what="a new probe round")
     assert await member_of(fed, path) == "a"
 
 

@@ -11,7 +11,7 @@ from federation.config import load_config_text
 from federation.health import HealthReport, MemberHealth, PodQuota, State
 from federation.launch import parse_launch
 from federation.placement import bounded_choice
-from federation.table import build_table
+from federation.table import SentLaunches, build_table
 
 member = st.tuples(st.integers(1, 100), st.integers(0, 120), st.one_of(st.none(),
                                                                       st.integers(0, 150)),
@@ -36,7 +36,7 @@ def test_fast_path_matches_bounded_choice(members: list[tuple[int, int, int | No
     sent = {f"m{i}": s for i, (_, _, _, s) in enumerate(members)}
     table = build_table(config, healths, {}, now=0.0)
     launch = parse_launch(f"/build/gh/org/repo-{repo}/HEAD")
-    decision = table.route(launch, loads=sent)
+    decision = table.route(launch, sent=SentLaunches(sent))
     if not table.routable:
         return
     ranking = table.ranking(launch.key)
