@@ -8,24 +8,26 @@ Two formats are read:
   mapping, ``check``, ``load_balancer``, ``pod_headroom``, ``host_cookie_age_hours``), so a
   deployment can switch without rewriting its config. It is translated into the same ``Config``.
 
-Validation is done by pydantic; its errors are turned into :class:`ConfigError` naming the
-source, the member and the field.
+Validation is done by msgspec (about 1.2 MiB resident, where pydantic took 9); its errors are
+turned into :class:`ConfigError` naming the source, the member and the field, in plain words.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
+import math
 import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
+import msgspec
 import yaml
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
-from pydantic.dataclasses import dataclass
+from msgspec import Meta
 
 from federation.errors import ConfigError
 
@@ -47,9 +49,9 @@ __all__ = [
     "load_config_text",
 ]
 
-_STRICT = ConfigDict(extra="forbid")
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$")
 _HEADROOM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+_UNKNOWN = "unknown key (check its spelling against the config reference)"
 
 # Keys of the legacy redirector's config that belong to its Helm chart, not to routing.
 _LEGACY_IGNORED = frozenset(
@@ -91,12 +93,45 @@ class MemberKind(StrEnum):
     OTHER = "other"
 
 
-@dataclass(frozen=True)
-class Headroom:
-    """Pods kept free below a member's quota: a count, or a fraction of the quota."""
+class _FieldError(ValueError):
+    """A check in ``__post_init__`` failed: msgspec says which struct, this says which field."""
 
-    pods: int = 0
-    fraction: float = 0.0
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Headroom:
+    """Pods kept free below a member's quota: a count, or a fraction of the quota.
+
+    Not a Struct, which msgspec reads only from a mapping: ``parse`` reads ``10``, ``"15%"``.
+    """
+
+    __slots__ = ("fraction", "pods")
+    pods: int
+    fraction: float
+
+    def __init__(self, pods: int = 0, fraction: float = 0.0) -> None:
+        object.__setattr__(self, "pods", pods)
+        object.__setattr__(self, "fraction", fraction)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Headroom is immutable; cannot set {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headroom):
+            return NotImplemented
+        return (self.pods, self.fraction) == (other.pods, other.fraction)
+
+    def __hash__(self) -> int:
+        return hash((self.pods, self.fraction))
+
+    def __repr__(self) -> str:
+        return f"Headroom(pods={self.pods!r}, fraction={self.fraction!r})"
+
+    def __reduce__(self) -> tuple[type[Headroom], tuple[int, float]]:
+        """Copies and pickles are made through ``__init__``, as attributes cannot be set."""
+        return Headroom, (self.pods, self.fraction)
 
     def pods_for(self, quota: int) -> int:
         """Headroom in pods for a member whose quota is ``quota``."""
@@ -133,89 +168,90 @@ class Headroom:
         return f"{self.fraction:.0%}" if self.fraction else str(self.pods)
 
 
-HeadroomField = Annotated[Headroom, Field(json_schema_extra={"type": ["integer", "string"]})]
+HeadroomField = Annotated[Headroom, Meta(extra_json_schema={
+    "type": ["number", "string"],
+    "description": "Pods kept free below the quota: a count (10), or a share ('15%' or 0.15)."})]
 
 
-@dataclass(frozen=True, config=_STRICT)
-class Routing:
+class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Immutable and hashable; a key no field knows is an error, never silently ignored.
+
+    Subclasses repeat ``frozen=True`` only because mypy does not see it inherited.
+    """
+
+
+class Routing(_Strict, frozen=True):
     """How launches are placed on members."""
 
     strategy: Strategy = Strategy.BOUNDED
-    load_factor: Annotated[float, Field(ge=1.0, le=10.0)] = 1.25
-    # bounded: a member holding fewer launches than this is never over its load bound
-    bound_floor: Annotated[int, Field(ge=0, le=100_000)] = 0
+    load_factor: Annotated[float, Meta(ge=1.0, le=10.0)] = 1.25
+    bound_floor: Annotated[int, Meta(ge=0, le=100_000, description=(
+        "bounded: a member holding fewer launches than this is never over its load bound"))] = 0
     weights: WeightMode = WeightMode.CONFIGURED
-    slow_start: Annotated[float, Field(ge=0)] = 300.0
-    sticky_cookie_hours: Annotated[float, Field(ge=0)] = 4.0
+    slow_start: Annotated[float, Meta(ge=0)] = 300.0
+    sticky_cookie_hours: Annotated[float, Meta(ge=0)] = 4.0
     redirect_v2: bool = False
-    pod_headroom: HeadroomField = Headroom(pods=10)
-    panic_threshold: Annotated[float, Field(ge=0, le=1)] = 0.0
-
-    @field_validator("pod_headroom", mode="before")
-    @classmethod
-    def _headroom(cls, value: object) -> Headroom:
-        return Headroom.parse(value)
+    # A factory: msgspec writes only plain values into the schema as defaults.
+    pod_headroom: Annotated[HeadroomField, Meta(extra_json_schema={"default": 10})] = (
+        msgspec.field(default_factory=lambda: Headroom(pods=10)))
+    panic_threshold: Annotated[float, Meta(ge=0, le=1)] = 0.0
 
 
-@dataclass(frozen=True, config=_STRICT)
-class Logging:
+class Logging(_Strict, frozen=True):
     """What the router logs beyond state changes (which are always logged)."""
 
-    # Share of launch redirects written as access-log events, sampled at random: 0 logs none,
-    # 1 every one. Sampling, not a level, because at high rates the cost is per event written.
-    access_log: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # Sampling, not a level, because at high rates the cost is per event written.
+    access_log: Annotated[float, Meta(ge=0, le=1, description=(
+        "Share of launch redirects written as access-log events, sampled at random: 0 logs "
+        "none, 1 every one."))] = 0.0
 
 
-@dataclass(frozen=True, config=_STRICT)
-class HealthSettings:
+class HealthSettings(_Strict, frozen=True):
     """How members are probed and when they leave and rejoin the rotation."""
 
-    interval: Annotated[float, Field(gt=0, le=3600)] = 10.0
-    timeout: Annotated[float, Field(gt=0, le=120)] = 2.0
-    jitter: Annotated[float, Field(ge=0, le=1)] = 0.1
-    failures_to_eject: Annotated[int, Field(ge=1, le=100)] = 2
-    successes_to_restore: Annotated[int, Field(ge=1, le=100)] = 2
-    max_backoff: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    interval: Annotated[float, Meta(gt=0, le=3600)] = 10.0
+    timeout: Annotated[float, Meta(gt=0, le=120)] = 2.0
+    jitter: Annotated[float, Meta(ge=0, le=1)] = 0.1
+    failures_to_eject: Annotated[int, Meta(ge=1, le=100)] = 2
+    successes_to_restore: Annotated[int, Meta(ge=1, le=100)] = 2
+    max_backoff: Annotated[float, Meta(gt=0, le=3600)] = 60.0
     versions: VersionPolicy = VersionPolicy.EXACT
-    startup_timeout: Annotated[float, Field(gt=0, le=600)] = 15.0
-    max_body_bytes: Annotated[int, Field(ge=256, le=10_000_000)] = 65536
+    startup_timeout: Annotated[float, Meta(gt=0, le=600)] = 15.0
+    max_body_bytes: Annotated[int, Meta(ge=256, le=10_000_000)] = 65536
 
 
-@dataclass(frozen=True, config=_STRICT)
-class Limits:
+class Limits(_Strict, frozen=True):
     """What one client may send and how long the router waits, so no client can hold it.
 
     The request line, header and client limits bind the listening server at start-up; the body
     and proxy limits are read on every request, so a reload changes them.
     """
 
-    max_request_line: Annotated[int, Field(ge=1024, le=65536)] = 8190
-    max_header_size: Annotated[int, Field(ge=1024, le=65536)] = 8190
-    max_headers: Annotated[int, Field(ge=16, le=1000)] = 100
-    max_body_bytes: Annotated[int, Field(ge=0, le=100_000_000)] = 1024 * 1024
-    # Longest a connection may stay idle or take to send a complete request head (slowloris);
-    # keep it above the idle timeout of any load balancer in front of the router.
-    client_timeout: Annotated[float, Field(gt=0, le=86400)] = 75.0
-    body_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    proxy_connect_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
-    proxy_read_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_request_line: Annotated[int, Meta(ge=1024, le=65536)] = 8190
+    max_header_size: Annotated[int, Meta(ge=1024, le=65536)] = 8190
+    max_headers: Annotated[int, Meta(ge=16, le=1000)] = 100
+    max_body_bytes: Annotated[int, Meta(ge=0, le=100_000_000)] = 1024 * 1024
+    client_timeout: Annotated[float, Meta(gt=0, le=86400, description=(
+        "Longest a connection may stay idle or take to send a complete request head "
+        "(slowloris); keep it above the idle timeout of any load balancer in front."))] = 75.0
+    body_timeout: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    proxy_connect_timeout: Annotated[float, Meta(gt=0, le=300)] = 5.0
+    proxy_read_timeout: Annotated[float, Meta(gt=0, le=3600)] = 30.0
 
 
-@dataclass(frozen=True, config=_STRICT)
-class DrainsSource:
+class DrainsSource(_Strict, frozen=True):
     """Where operators' drain decisions are kept: a file next to the config, or a ConfigMap."""
 
     file: str | None = None
     configmap: str | None = None
 
 
-@dataclass(frozen=True, config=_STRICT)
-class Member:
+class Member(_Strict, frozen=True):
     """One BinderHub cluster of the federation."""
 
     name: str
     url: str
-    weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    weight: Annotated[float, Meta(ge=0)] = 1.0
     kind: MemberKind = MemberKind.OTHER
     prime: bool = False
     health: str | None = None
@@ -223,42 +259,16 @@ class Member:
     drain: str | None = None
     pod_headroom: HeadroomField | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(
-                f"member names are 1-63 letters, digits, '.', '_' or '-', got {value!r}"
-            )
-        return value
-
-    @field_validator("url", "health", "versions")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        return _normalise_url(value)
-
-    @field_validator("weight", mode="before")
-    @classmethod
-    def _weight(cls, value: object) -> object:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"weight must be a number, got {value!r}")
-        return value
-
-    @field_validator("drain", mode="before")
-    @classmethod
-    def _drain(cls, value: object) -> object:
-        if value is True:
-            return "drained in config"
-        if value is False:
-            return None
-        return value
-
-    @field_validator("pod_headroom", mode="before")
-    @classmethod
-    def _headroom(cls, value: object) -> Headroom | None:
-        return None if value is None else Headroom.parse(value)
+    def __post_init__(self) -> None:
+        """What types cannot say; msgspec runs it on decoding, on ``__init__`` and on replace."""
+        if not _NAME.match(self.name):
+            raise _FieldError("name", "member names are 1-63 letters, digits, '.', '_' or '-', "
+                                      f"got {self.name!r}")
+        if not math.isfinite(self.weight):
+            raise _FieldError("weight", f"weight must be a finite number, got {self.weight}")
+        for field in ("url", "health", "versions"):
+            if (value := getattr(self, field)) is not None:
+                msgspec.structs.force_setattr(self, field, _normalise_url(field, value))
 
     @property
     def health_url(self) -> str:
@@ -271,18 +281,19 @@ class Member:
         return self.versions or f"{self.url}/versions"
 
 
-@dataclass(frozen=True, config=_STRICT)
-class Config:
+class Config(_Strict, frozen=True, dict=True):
     """A whole, validated federation description; never mutated, replaced on reload."""
 
-    members: Annotated[tuple[Member, ...], Field(min_length=1)]
-    routing: Routing = Routing()
-    health: HealthSettings = HealthSettings()
-    drains: DrainsSource = DrainsSource()
-    logging: Logging = Logging()
-    limits: Limits = Limits()
-    source: Annotated[str, Field(exclude=True)] = "<config>"
-    format: Annotated[Literal["router", "redirector"], Field(exclude=True)] = "router"
+    # dict=True gives the instance a __dict__, where functools.cached_property keeps _by_name;
+    # sections are made by factories, as Routing's default holds a Headroom (see there).
+    members: Annotated[tuple[Member, ...], Meta(min_length=1)]
+    routing: Routing = msgspec.field(default_factory=Routing)
+    health: HealthSettings = msgspec.field(default_factory=HealthSettings)
+    drains: DrainsSource = msgspec.field(default_factory=DrainsSource)
+    logging: Logging = msgspec.field(default_factory=Logging)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    source: str = "<config>"
+    format: Literal["router", "redirector"] = "router"
 
     @property
     def prime(self) -> Member:
@@ -303,25 +314,33 @@ class Config:
         return member.pod_headroom or self.routing.pod_headroom
 
 
-def _normalise_url(value: str) -> str:
+def _normalise_url(field: str, value: str) -> str:
     text = value.strip()
     scheme, sep, rest = text.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        raise _FieldError(field, f"must be an http:// or https:// URL, got {value!r}")
     if not rest or rest.startswith("/") or any(c in text for c in " \t\r\n\\?#"):
-        raise ValueError(f"must be a plain http(s) URL with a host, got {value!r}")
+        raise _FieldError(field, f"must be a plain http(s) URL with a host, got {value!r}")
     return f"{scheme.lower()}://{rest}".rstrip("/")
 
 
-_CONFIG_ADAPTER: TypeAdapter[Config] = TypeAdapter(Config)
+def _decode(kind: type, value: object) -> object:
+    """msgspec's hook for the one type it cannot read by itself."""
+    if kind is Headroom:
+        return Headroom.parse(value)
+    raise NotImplementedError(kind)
 
 
 def config_json_schema() -> dict[str, Any]:
     """JSON Schema of the router's YAML format (kept in ``config/schema.json``)."""
-    schema = _CONFIG_ADAPTER.json_schema(mode="validation")
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "Binder federation router configuration"
-    return schema
+    defs = msgspec.json.schema(Config)["$defs"]
+    for part in defs.values():  # msgspec keeps the docstrings' indentation
+        part["description"] = inspect.cleandoc(part["description"])
+    root = defs.pop("Config")
+    del root["properties"]["source"], root["properties"]["format"]  # set by the loader
+    defs["Member"]["properties"]["drain"]["anyOf"].insert(1, {"type": "boolean"})
+    return {**root, "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "Binder federation router configuration", "$defs": defs}
 
 
 def load_config(path: str | Path) -> Config:
@@ -356,16 +375,27 @@ def parse_config(data: object, *, source: str = "<config>") -> Config:
     if "hosts" in data and "members" in data:
         raise ConfigError("use either 'members' or the redirector's 'hosts', not both",
                           source=source)
+    fmt: Literal["router", "redirector"] = "router"
     if "hosts" in data:
         data, fmt = _from_redirector(data, source), "redirector"
-    else:
-        fmt = "router"
+    elif internal := sorted({"source", "format"} & data.keys()):
+        raise ConfigError(_UNKNOWN, source=source, field=internal[0])
+    document = {**data, "source": source, "format": fmt}
+    if isinstance(members := data.get("members"), list | tuple):
+        document["members"] = [_drain_mark(entry) for entry in members]
     try:
-        config = _CONFIG_ADAPTER.validate_python({**data, "source": source, "format": fmt})
-    except ValidationError as e:
-        raise _config_error(e, data, source) from None
+        config = msgspec.convert(document, Config, dec_hook=_decode)
+    except msgspec.ValidationError as e:
+        raise _config_error(e, document, source) from None
     _check_members(config)
     return config
+
+
+def _drain_mark(entry: object) -> object:
+    """``drain: true`` drains a member with a stock reason, ``drain: false`` not at all."""
+    if isinstance(entry, Mapping) and isinstance(entry.get("drain"), bool):
+        return {**entry, "drain": "drained in config" if entry["drain"] else None}
+    return entry
 
 
 def _check_members(config: Config) -> None:
@@ -392,26 +422,61 @@ def _check_members(config: Config) -> None:
                           source=config.source, field="drains")
 
 
-def _config_error(error: ValidationError, data: Mapping[str, Any], source: str) -> ConfigError:
-    """The first pydantic error, re-told with the member's name and a dotted field path."""
-    first = error.errors(include_url=False)[0]
-    loc = [part for part in first["loc"] if part not in ("source", "format")]
+_KINDS = {"int": "a whole number", "float": "a number", "str": "a string",
+          "bool": "true or false", "array": "a list", "object": "a mapping", "null": "null"}
+_BOUNDS = {">=": "at least", ">": "greater than", "<=": "at most", "<": "less than"}
+
+
+def _config_error(error: msgspec.ValidationError, data: Mapping[str, Any],
+                  source: str) -> ConfigError:
+    """msgspec's error (it stops at the first) re-told with the member and a dotted field path.
+
+    Its text is ``<what> - at `$.members[0].weight```; our own checks' errors are its cause.
+    """
+    what, _, where = str(error).partition(" - at `")
+    path: list[str | int] = [name or int(index) for name, index
+                             in re.findall(r"\.(\w+)|\[(\d+)\]", where.rpartition("$")[2])]
+    if field := re.fullmatch(r"Object (?:contains unknown|missing required) field `(.+)`", what):
+        path.append(field[1])
+        message = _UNKNOWN if "unknown" in what else "required but missing"
+    elif error.__cause__ is not None:
+        if isinstance(error.__cause__, _FieldError):
+            path.append(error.__cause__.field)
+        message = str(error.__cause__)
+    elif where.startswith("key`"):
+        message = "every key must be a string"
+    else:
+        message = _retold(what, path, data)
     member: str | None = None
-    members = data.get("members") if isinstance(data, Mapping) else None
-    if len(loc) >= 2 and loc[0] == "members" and isinstance(loc[1], int):
-        entry = members[loc[1]] if isinstance(members, list) and loc[1] < len(members) else None
+    if len(path) >= 2 and path[0] == "members" and isinstance(path[1], int):
+        entry = data["members"][path[1]]
         name = entry.get("name") if isinstance(entry, Mapping) else None
-        member = str(name) if name is not None else f"#{loc[1] + 1}"
-        loc = loc[2:]
-    field = ".".join(str(p) for p in loc) or None
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-        message = "unknown key (check its spelling against the config reference)"
-    elif first["type"] == "missing":
-        message = "required but missing"
-    elif "input" in first and first["type"] not in ("value_error",):
-        message = f"{message} (got {_short(first['input'])})"
-    return ConfigError(message, source=source, member=member, field=field)
+        member = str(name) if name is not None else f"#{path[1] + 1}"
+        path = path[2:]
+    field_path = ".".join(str(p) for p in path) or None
+    return ConfigError(message, source=source, member=member, field=field_path)
+
+
+def _retold(what: str, path: list[str | int], data: Mapping[str, Any]) -> str:
+    """One of msgspec's own messages about the value at ``path``, in plain words."""
+    value: Any = data
+    kind: Any = Config
+    for part in path:
+        value = value[part]
+        kind = get_args(kind)[0] if isinstance(part, int) else get_type_hints(kind)[part]
+    if isinstance(kind, type) and issubclass(kind, StrEnum):
+        *rest, last = [repr(choice.value) for choice in kind]
+        return f"must be {', '.join(rest)} or {last} (got {_short(value)})"
+    if expected := re.fullmatch(r"Expected `(.+)`, got `.+`", what):
+        kinds = " or ".join(_KINDS.get(k, k) for k in expected[1].split(" | "))
+        subject = f"{path[-1]} " if path and isinstance(path[-1], str) else ""
+        return f"{subject}must be {kinds}, got {_short(value)}"
+    if bound := re.fullmatch(r"Expected `\w+`( of length)? (>=|>|<=|<) (\S+)", what):
+        limit = f"{_BOUNDS[bound[2]]} {bound[3].removesuffix('.0')}"
+        if bound[1]:
+            return f"must list {limit} (got {len(value)})"
+        return f"must be {limit} (got {_short(value)})"
+    return f"{what} (got {_short(value)})"
 
 
 def _short(value: object) -> str:

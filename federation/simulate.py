@@ -23,8 +23,10 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from msgspec.structs import replace
 
 from federation.config import Config, Member, Strategy
 from federation.errors import ConfigError
@@ -109,7 +111,7 @@ class WhatIf:
             try:
                 members.append(Member(name=name, url=f"https://{name}.simulated.invalid",
                                       weight=weight))
-            except ValueError:  # pydantic's ValidationError: the name
+            except ValueError:  # Member checks its name as it is made
                 raise ConfigError("member names are 1-63 letters, digits, '.', '_' or '-'",
                                   source=config.source, member=name) from None
         return replace(config, members=tuple(members))

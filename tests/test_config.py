@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from federation.config import (
     Headroom,
@@ -52,7 +53,7 @@ def test_defaults_and_normalised_urls() -> None:
         ("members: [{name: a, url: ftp://x, prime: true}]", "a", "url", "http"),
         ("members: [{name: a, url: 'http://', prime: true}]", "a", "url", "host"),
         ("members: [{name: a, url: http://x, prime: true, weight: -1}]", "a", "weight",
-         "greater than or equal to 0"),
+         "must be at least 0 (got -1)"),
         ("members: [{name: a, url: http://x, prime: true, weight: abc}]", "a", "weight",
          "must be a number"),
         ("members: [{name: a, url: http://x, prime: true, weight: true}]", "a", "weight",
@@ -71,6 +72,14 @@ def test_defaults_and_normalised_urls() -> None:
          None, "routing.pod_headroom", "below 100%"),
         ("colour: blue\nmembers: [{name: a, url: http://x, prime: true}]", None, "colour",
          "unknown key"),
+        ("source: x\nmembers: [{name: a, url: http://x, prime: true}]", None, "source",
+         "unknown key"),
+        ("health: {interval: '10'}\nmembers: [{name: a, url: http://x, prime: true}]", None,
+         "health.interval", "interval must be a number, got '10'"),
+        ("members: [{name: a, url: http://x, prime: true, weight: .inf}]", "a", "weight",
+         "finite"),
+        ("members: [{name: a, url: http://x, prime: true, drain: 5}]", "a", "drain",
+         "drain must be a string or null, got 5"),
     ],
 )
 def test_errors_name_file_member_and_field(text: str, member: str | None, field: str,
@@ -144,8 +153,6 @@ def test_redirector_config_as_yaml_and_weightless_hosts() -> None:
     """The same object as YAML loads too; a host without weight stays, with weight 0."""
     doc = json.loads((ROOT / "config" / "redirector.json").read_text())
     del doc["hosts"]["bids-ovh"]["weight"]
-    import yaml
-
     config = load_config_text(yaml.safe_dump(doc))
     assert config.member("bids-ovh") is not None
     assert config.member("bids-ovh").weight == 0  # type: ignore[union-attr]
@@ -170,6 +177,19 @@ def test_example_configs_are_valid() -> None:
     """Every shipped example config loads."""
     for path in [*sorted((ROOT / "config").glob("*.yaml")), ROOT / "config/redirector.json"]:
         load_config(path)
+
+
+def test_shipped_configs_match_the_schema() -> None:
+    """Every shipped router-format config is valid under config/schema.json, as editors see it."""
+    jsonschema = pytest.importorskip(
+        "jsonschema", reason="the schema test needs the jsonschema package (a test dependency)")
+    schema = json.loads((ROOT / "config" / "schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    paths = [*sorted((ROOT / "config").glob("*.yaml")), *sorted(ROOT.glob("deploy/**/config.yaml"))]
+    for path in paths:
+        errors = [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))]
+        assert errors == [], f"{path}: {errors}"
 
 
 def test_schema_file_is_in_sync() -> None:

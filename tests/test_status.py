@@ -138,7 +138,7 @@ async def test_config_reload_error_is_shown_until_a_good_config_arrives(
     document = await _document(fed)
     error = document["config"]["error"]
     assert (error["member"], error["field"]) == ("b", "weight")
-    assert "greater than or equal to 0" in error["message"]
+    assert "must be at least 0 (got -3)" in error["message"]
     assert document["config"]["generation"] == 1
     page = await _page(fed)
     assert 'id="config-error"' in page and "Config reload rejected" in page
