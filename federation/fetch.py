@@ -200,7 +200,7 @@ class Fetcher:
                 try:
                     return await self._exchange(conn, target, url, limit, deadline, timeout)
                 except ProbeError as e:
-                    if e.reason != "connection closed" or conn.got_nothing:
+                    if e.reason != "connection closed" or not conn.got_nothing:
                         raise
         conn = await self._connect(target, url, deadline, timeout)
         return await self._exchange(conn, target, url, limit, deadline, timeout)

@@ -72,14 +72,14 @@ def answering(*answers: bytes, close: bool = False) -> Callable[[Server], Handle
     return make
 
 
-OK = b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\nContent-Type: application/json\r\n\r\n{"ok": true}'[:-1]
+OK = b'HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: application/json\r\n\r\n{"ok": true}'
 
 
 async def test_answers_reuse_one_kept_alive_connection() -> None:
     async with serving(answering(OK, OK, OK)) as server, Fetcher(user_agent="t/1") as fetcher:
         for _ in range(3):
             assert await fetcher.get(server.url + "/health", limit=1000, timeout=2) == (
-                200, b'{"ok": true')
+                200, b'{"ok": true}')
     assert server.connections == 1
     first = server.requests[0]
     assert first.startswith(b"GET /health HTTP/1.1\r\n")
@@ -105,6 +105,30 @@ async def test_a_connection_the_member_closed_while_idle_is_replaced_once() -> N
         await asyncio.sleep(0.05)  # the close reaches the client
         assert (await fetcher.get(server.url + "/h", limit=100, timeout=2))[0] == 200
     assert server.connections == 2
+
+
+@pytest.mark.parametrize("partial", [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n{"])
+async def test_a_kept_connection_closed_under_a_request(partial: bytes) -> None:
+    """The member takes the second request on a kept connection and hangs up. Without a
+    byte sent (an idle timeout racing the request), the GET is repeated on a new connection;
+    after part of an answer, the member did fail, and the probe says so."""
+    def make(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+            await server.read_request(reader)
+            writer.write(partial)  # and close
+        return handle
+
+    async with serving(make) as server, Fetcher(user_agent="t/1") as fetcher:
+        assert (await fetcher.get(server.url + "/h", limit=100, timeout=2))[0] == 200
+        if partial:
+            with pytest.raises(ProbeError, match="connection closed"):
+                await fetcher.get(server.url + "/h", limit=100, timeout=2)
+        else:
+            assert (await fetcher.get(server.url + "/h", limit=100, timeout=2))[0] == 200
+    assert server.connections == (1 if partial else 2)
 
 
 @pytest.mark.parametrize(("answer", "body"), [
