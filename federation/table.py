@@ -174,18 +174,18 @@ class RoutingTable:
             name = random_choice(self._weights, rng or random.Random())
             return Decision(self.by_name[name or self.routable[0].name], self.reason)
         sent = _NOTHING_SENT if sent is None else sent
-        home = self._homes.get(launch.key) or self._home_decision(launch.key)
-        if home is None:  # every routable member has weight 0: nothing ranks
+        ranking = self.ranker(launch.key)
+        if not ranking:  # every routable member has weight 0: nothing ranks
             return Decision(self.routable[0], self.reason)
-        if self.has_room(home.member.name, sent):
-            return home  # nearly every launch
-        ranking = home.ranking  # bounded loads: the first member down the ranking with room
-        for name in ranking[1:]:
+        if self.has_room(ranking[0], sent):  # nearly every launch
+            return self._homes.get(launch.key) or self._home_decision(launch.key, ranking)
+        for name in ranking[1:]:  # bounded loads: the first member down the ranking with room
             if self.has_room(name, sent):
                 return Decision(self.by_name[name], self.reason if self.panic else "spill-over",
                                 ranking)
         # everyone is at their bound: the home member takes it anyway
-        return Decision(home.member, self.reason if self.panic else "fallback", ranking)
+        return Decision(self.by_name[ranking[0]], self.reason if self.panic else "fallback",
+                        ranking)
 
     @cached_property
     def _random(self) -> bool:
@@ -196,11 +196,8 @@ class RoutingTable:
         """Decisions sending a key to its home member, made once per key and snapshot."""
         return {}
 
-    def _home_decision(self, key: str) -> Decision | None:
+    def _home_decision(self, key: str, ranking: tuple[str, ...]) -> Decision:
         """The decision sending ``key`` to its first-ranked member, memoized per snapshot."""
-        ranking = self.ranker(key)
-        if not ranking:
-            return None
         if len(self._homes) >= RANK_CACHE_SIZE:
             self._homes.clear()
         home = self._homes[key] = Decision(self.by_name[ranking[0]], self.reason, ranking)
@@ -213,8 +210,8 @@ class RoutingTable:
         """
         if self._random:
             return None
-        home = self._homes.get(key) or self._home_decision(key)
-        return home.member.name if home else None
+        ranking = self.ranker(key)
+        return ranking[0] if ranking else None
 
     @cached_property
     def has_room(self) -> Callable[[str, SentLaunches], bool]:

@@ -104,3 +104,23 @@ async def test_rendezvous_strategy_keeps_a_hot_repository_home(
                                  routing={"strategy": "rendezvous"}, health=SLOW_PROBES)
     path = hot_repository(fed, ["a", "b"])
     assert [await member_of(fed, path) for _ in range(5)] == ["a"] * 5
+
+
+async def test_each_member_a_target_is_sent_elsewhere_gets_its_own_redirect(
+    start_federation: StartFederation,
+) -> None:
+    """One target sent to three members in turn — home, a sticky cookie's member, a
+    spill-over — gets each member's own Location and cookie, though the router keeps the
+    headers it made for each."""
+    fed = await start_federation(["a", "b", "c"], weights={"a": 10, "b": 10, "c": 10},
+                                 health=SLOW_PROBES)
+    path = hot_repository(fed, ["a", "b", "c"])
+    assert await member_of(fed, path) == "a"
+    sticky = await fed.launch(path, Cookie=f'host="{fed.members["c"].url}"')
+    assert fed.member_by_url(sticky.headers["Location"]) == "c"
+    # bound ceil(1.25·(L+1)/3): a takes the third launch (1 < 2), not the fourth (2 ≥ 2)
+    assert [await member_of(fed, path) for _ in range(2)] == ["a", "b"]
+    for _ in range(2):
+        response = await fed.launch(path, Cookie=f'host="{fed.members["c"].url}"')
+        assert response.headers["Location"] == sticky.headers["Location"]
+        assert f'host="{fed.members["c"].url}"' in response.headers["Set-Cookie"]
