@@ -1,4 +1,5 @@
-"""RoutingTable.route, with its per-snapshot sums, decides exactly as bounded_choice does."""
+"""RoutingTable.route, with its per-snapshot sums, decides exactly as bounded_choice does;
+the launches it counts keep their total."""
 
 from __future__ import annotations
 
@@ -46,3 +47,14 @@ def test_fast_path_matches_bounded_choice(members: list[tuple[int, int, int | No
     assert decision.member.name == choice.member
     expected = "load_balancer" if choice.reason == "home" else choice.reason
     assert decision.reason == expected
+
+
+@given(steps=st.lists(st.tuples(st.sampled_from(["add", "reset", "forget"]),
+                                st.sampled_from(["a", "b", "c"])), max_size=60))
+def test_sent_launches_keep_their_total(steps: list[tuple[str, str]]) -> None:
+    """Whatever launches, probes and removals come, the running total is the counts' sum
+    (bounded loads read the total instead of summing every member per launch)."""
+    sent = SentLaunches()
+    for action, name in steps:
+        getattr(sent, action)(name)
+        assert sent.total == sum(sent.counts.values())
