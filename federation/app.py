@@ -14,7 +14,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
@@ -34,7 +34,7 @@ from federation.proxy import ProxyError, forward, request_target
 from federation.runtime import RouterState
 from federation.sources import ConfigSource
 from federation.status import active_hosts, prefers_html, render_status_html, status_document
-from federation.table import MemberView, RoutingTable
+from federation.table import RoutingTable
 
 __all__ = [
     "LIVE_PATH",
@@ -103,12 +103,10 @@ class _Home:
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
-    """A launch target's parsed key and its home redirect (None under random placement),
-    and the headers of redirects elsewhere (spill-overs, cookies), two members at most."""
+    """A launch target's parsed key and its home redirect (None under random placement)."""
 
     launch: LaunchKey
     home: _Home | None
-    elsewhere: dict[str, CIMultiDict[str]] = field(default_factory=dict)
 
 
 class _Launcher:
@@ -167,7 +165,8 @@ class _Launcher:
                                 "right now. Please try again in a minute.", {"Retry-After": "30"})
             member = decision.member
             headers = (home.headers if home is not None and member.name == home.member
-                       else self._elsewhere(answer, member, request, table.config))
+                       else _redirect_headers(member.url, request_target(request),
+                                              answer.launch, table.config))
             return self._redirect(self._counter(member.name, decision.reason), headers,
                                   answer.launch, member.name, decision.reason)
         finally:
@@ -192,22 +191,6 @@ class _Launcher:
             self._answers.clear()
         self._answers[request.raw_path] = answer
         return answer
-
-    @staticmethod
-    def _elsewhere(answer: _Answer, member: MemberView, request: web.Request,
-                   config: Config) -> CIMultiDict[str]:
-        """The redirect headers of ``answer``'s target to a member other than its home.
-
-        Kept for two members per target: under bounded loads a busy home spills many of its
-        launches, nearly always to the next member of the ranking.
-        """
-        headers = answer.elsewhere.get(member.name)
-        if headers is None:
-            headers = _redirect_headers(member.url, request_target(request), answer.launch,
-                                        config)
-            if len(answer.elsewhere) < _ELSEWHERE_KEPT:
-                answer.elsewhere[member.name] = headers
-        return headers
 
     def _redirect(self, count: Callable[[], None], headers: CIMultiDict[str],
                   launch: LaunchKey, member: str, reason: str) -> web.StreamResponse:
@@ -248,7 +231,6 @@ class _Subtree(web.PlainResource):
 
 
 _ANSWERS_KEPT = 4096  # launch targets remembered (about 2 MiB when full, measured)
-_ELSEWHERE_KEPT = 2  # members other than the home whose redirect headers a target keeps
 
 
 def _redirect_headers(url: str, target: str, launch: LaunchKey,

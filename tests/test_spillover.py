@@ -110,8 +110,8 @@ async def test_each_member_a_target_is_sent_elsewhere_gets_its_own_redirect(
     start_federation: StartFederation,
 ) -> None:
     """One target sent to three members in turn — home, a sticky cookie's member, a
-    spill-over — gets each member's own Location and cookie, though the router keeps the
-    headers it made for each."""
+    spill-over — gets each member's own Location and cookie, whatever the router keeps of
+    the target's home redirect."""
     fed = await start_federation(["a", "b", "c"], weights={"a": 10, "b": 10, "c": 10},
                                  health=SLOW_PROBES)
     path = hot_repository(fed, ["a", "b", "c"])
