@@ -29,7 +29,7 @@ from federation.errors import ConfigError, LaunchPathError
 from federation.launch import LaunchKey, parse_launch
 from federation.logs import quiet_malformed_requests
 from federation.metrics import Metrics
-from federation.probes import Prober, probe_delay, probe_session
+from federation.probes import Prober, probe_delay, probe_fetcher
 from federation.proxy import ProxyError, forward, request_target
 from federation.runtime import RouterState
 from federation.sources import ConfigSource
@@ -391,7 +391,7 @@ def _lifetime(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE]
-        probe_http = probe_session()
+        fetcher = probe_fetcher()
         proxy_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256), auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar())
@@ -402,7 +402,7 @@ def _lifetime(
         def delay_for(name: str, settings: HealthSettings) -> float:
             return probe_delay(state.healths.get(name), settings, jitter_rng)
 
-        prober = Prober(probe_http, state.apply_probe, delay_for)
+        prober = Prober(fetcher, state.apply_probe, delay_for)
         state.on_config = lambda c: prober.reconcile(c.members, c.health)
         prober.reconcile(state.config.members, state.config.health)
         tasks = [asyncio.create_task(_guard("ticker", lambda: _tick(state)), name="ticker")]
@@ -419,7 +419,7 @@ def _lifetime(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await prober.close()
-            await probe_http.close()
+            await fetcher.close()
             await proxy_session.close()
 
     return lifetime

@@ -60,7 +60,8 @@ class _Connection(asyncio.Protocol):
     with a ``ProbeError`` and closes the connection, and everything after is ignored.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         self.transport: asyncio.Transport | None = None
         self.reusable = False
         self._parser = httptools.HttpResponseParser(self)
@@ -142,7 +143,7 @@ class _Connection(asyncio.Protocol):
         self._url, self._limit, self._received, self._status = url, limit, 0, 0
         self._body = bytearray()
         self._framed = False
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         self.transport.write(data)
         return self._waiter
 
@@ -192,23 +193,24 @@ class Fetcher:
         retried once on a new one, as browsers do for GETs.
         """
         target = _target(url, self._user_agent)
-        loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()  # once per GET: each asks the OS for the pid
         deadline = loop.time() + timeout
         idle = self._idle.get(target.origin)
         while idle:
             conn = idle.pop()
             if conn.reusable:
                 try:
-                    return await self._exchange(conn, target, url, limit, deadline, timeout)
+                    return await self._exchange(loop, conn, target, url, limit, deadline,
+                                                timeout)
                 except ProbeError as e:
                     if e.reason != "connection closed" or not conn.got_nothing:
                         raise
-        conn = await self._connect(target, url, deadline, timeout)
-        return await self._exchange(conn, target, url, limit, deadline, timeout)
+        conn = await self._connect(loop, target, url, deadline, timeout)
+        return await self._exchange(loop, conn, target, url, limit, deadline, timeout)
 
-    async def _exchange(self, conn: _Connection, target: _Target, url: str, limit: int,
-                        deadline: float, timeout: float) -> tuple[int, bytes]:
-        loop = asyncio.get_running_loop()
+    async def _exchange(self, loop: asyncio.AbstractEventLoop, conn: _Connection,
+                        target: _Target, url: str, limit: int, deadline: float,
+                        timeout: float) -> tuple[int, bytes]:
         data = target.request if self._keep_alive else target.closing_request
         answer = conn.request(data, url, limit)
         timer = loop.call_at(deadline, conn.expire, timeout)
@@ -227,15 +229,15 @@ class Fetcher:
         conn.close()
         return result
 
-    async def _connect(self, target: _Target, url: str, deadline: float,
-                       timeout: float) -> _Connection:
-        loop = asyncio.get_running_loop()
+    async def _connect(self, loop: asyncio.AbstractEventLoop, target: _Target, url: str,
+                       deadline: float, timeout: float) -> _Connection:
         host, port, secure = target.origin
         tls = self._tls_context() if secure else None
         try:
             async with asyncio.timeout_at(deadline):
                 _, conn = await loop.create_connection(
-                    _Connection, host, port, ssl=tls, server_hostname=host if tls else None)
+                    lambda: _Connection(loop), host, port, ssl=tls,
+                    server_hostname=host if tls else None)
         except TimeoutError:
             raise ProbeError(f"timeout after {timeout:g}s", url) from None
         except ssl.SSLError as e:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from federation.config import Config, Member, VersionPolicy
 from federation.health import ProbeResult, Versions, verdict, versions_match
-from federation.probes import probe_member, probe_session
+from federation.probes import probe_fetcher, probe_member
 
 __all__ = ["MemberCheck", "Preflight", "assess", "preflight", "render_preflight"]
 
@@ -63,8 +63,8 @@ async def preflight(config: Config, *, only: Collection[str] = ()) -> Preflight:
     once each, all at the same time, and judge them."""
     judged = [m for m in config.members if not only or m.name in only]
     probed = {m.name: m for m in judged} | {config.prime.name: config.prime}
-    async with probe_session(keep_alive=False) as session:
-        results = await asyncio.gather(*(probe_member(session, m, config.health)
+    async with probe_fetcher(keep_alive=False) as fetcher:
+        results = await asyncio.gather(*(probe_member(fetcher, m, config.health)
                                          for m in probed.values()))
     return assess(config, dict(zip(probed, results, strict=True)),
                   judged=[m.name for m in judged])

@@ -33,7 +33,7 @@ from federation.health import (
     parse_versions,
 )
 
-__all__ = ["Prober", "next_delay", "probe_delay", "probe_member", "probe_session"]
+__all__ = ["Prober", "next_delay", "probe_delay", "probe_fetcher", "probe_member"]
 
 log = structlog.get_logger("federation.probes")
 
@@ -47,7 +47,7 @@ class _Target:
     settings: HealthSettings
 
 
-def probe_session(*, keep_alive: bool = True) -> Fetcher:
+def probe_fetcher(*, keep_alive: bool = True) -> Fetcher:
     """The HTTP client probes use: kept-alive connections (two per member, as /health and
     /versions go in parallel); ``keep_alive=False`` suits one-off rounds (``check --probe``)."""
     return Fetcher(user_agent=_USER_AGENT, keep_alive=keep_alive)

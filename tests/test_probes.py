@@ -25,7 +25,7 @@ from federation.config import HealthSettings, Member, VersionPolicy, parse_confi
 from federation.demo import MemberControls
 from federation.drains import FileDrainStore, with_drain
 from federation.health import MemberHealth, ProbeResult, State, advance, parse_health
-from federation.probes import next_delay, probe_delay, probe_member, probe_session
+from federation.probes import next_delay, probe_delay, probe_fetcher, probe_member
 from federation.runtime import RouterState
 from federation.table import MemberStatus
 from tests.conftest import Federation, StartFederation
@@ -195,9 +195,9 @@ async def test_bodies_arriving_in_pieces_are_read_whole_and_capped(
     server = await aiohttp_server(app)
     url = str(server.make_url("")).rstrip("/")
     settings = HealthSettings(timeout=2, max_body_bytes=256)
-    async with probe_session() as session:
-        whole = await probe_member(session, Member(name="m", url=url), settings)
-        capped = await probe_member(session, Member(name="m", url=url, health=url + "/big"),
+    async with probe_fetcher() as fetcher:
+        whole = await probe_member(fetcher, Member(name="m", url=url), settings)
+        capped = await probe_member(fetcher, Member(name="m", url=url, health=url + "/big"),
                                     settings)
     assert whole.error is None and whole.health is not None and whole.health.ok
     assert capped.error == "answer too large"
