@@ -11,6 +11,7 @@ never waits on a probe.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from federation.health import (
     parse_versions,
 )
 
-__all__ = ["Prober", "next_delay", "probe_delay", "probe_fetcher", "probe_member"]
+__all__ = ["Prober", "next_delay", "probe_delay", "probe_fetcher", "probe_member", "round_start"]
 
 log = structlog.get_logger("federation.probes")
 
@@ -139,6 +140,22 @@ def probe_delay(health: MemberHealth | None, settings: HealthSettings, rng: rand
                       healthy=health.state is not State.UNHEALTHY, rng=rng)
 
 
+ROUND_TICK = 0.05  # seconds: rounds start on this grid at most (see ``round_start``)
+
+
+def round_start(now: float, delay: float, interval: float) -> float:
+    """When a round due ``delay`` seconds after ``now`` starts: the next tick of a shared grid.
+
+    The grid is 1/20 of the interval, at most ``ROUND_TICK``. Rounds due in the same tick
+    start in one wake-up of the event loop instead of one each: with a hundred members probed
+    every second that is twenty wake-ups a second instead of a hundred, and what probing
+    costs an idle router fell by about two fifths (README, Performance). A round starts at
+    most one tick late; jitter still spreads the members over the interval.
+    """
+    tick = min(ROUND_TICK, interval / 20)
+    return math.ceil((now + delay) / tick) * tick
+
+
 class Prober:
     """Owns one probe task per configured member; ``reconcile`` follows config changes.
 
@@ -195,8 +212,11 @@ class Prober:
             wake.clear()
             # a timer that sets the event, not asyncio.timeout: no exception thrown into
             # the task a hundred times a second
-            timer = asyncio.get_running_loop().call_later(
-                self._delay_for(name, target.settings), wake.set)
+            loop = asyncio.get_running_loop()
+            settings = target.settings
+            timer = loop.call_at(
+                round_start(loop.time(), self._delay_for(name, settings), settings.interval),
+                wake.set)
             try:
                 await wake.wait()
             finally:

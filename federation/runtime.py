@@ -2,8 +2,8 @@
 
 Config, probe results and drains arrive from their own tasks; each arrival builds a new
 ``RoutingTable`` and swaps it in whole. The only state the request path writes is the count of
-launches sent per member since its last probe (for bounded loads) and the recent-launch tally
-for the status page — plain integer increments, no awaits.
+launches sent per member that the table's pod counts do not include yet (for bounded loads)
+and the recent-launch tally for the status page — plain integer increments, no awaits.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ __all__ = ["ConfigRejection", "RouterState"]
 
 log = structlog.get_logger("federation.runtime")
 
-COALESCE_SECONDS = 0.25  # pod-count-only changes are applied together, at most this late
+COALESCE_SECONDS = 1.0  # pod-count-only changes are applied together, at most this late
 RECENT_WINDOW = 600.0  # seconds of launches shown as "share of recent launches"
 _BUCKET = 10.0
 
@@ -62,7 +62,7 @@ class RouterState:
         self.drains: Drains = MappingProxyType({})
         self.drain_error: ConfigError | None = None
         self.rejection: ConfigRejection | None = None
-        self.sent = SentLaunches()  # launches sent per member since its last probe
+        self.sent = SentLaunches()  # launches the table's pod counts do not include yet
         self.routable_since: dict[str, float] = {}
         # Launch totals per member noted every _BUCKET seconds; the oldest is the baseline.
         self.recent: deque[tuple[float, Counter[str]]] = deque([(self.started, Counter())])
@@ -133,7 +133,7 @@ class RouterState:
                       failures_to_eject=settings.failures_to_eject,
                       successes_to_restore=settings.successes_to_restore)
         self.healths[name] = new
-        self.sent.reset(name)  # the member's own pod count now includes what we sent it
+        self.sent.probed(name)  # its pod count includes what we sent it, once the table shows it
         self.metrics.probed(name, result)
         if new.state is not prev.state:
             healthy = new.state is State.HEALTHY
@@ -146,6 +146,8 @@ class RouterState:
             self._swap()  # in or out of rotation: at once
         elif prev.pod_quota != new.pod_quota or prev.versions != new.versions:
             self._swap_soon()
+        elif not self._swap_pending:
+            self.sent.settle()  # the table already shows these pods
 
     def _prime_versions(self, prime: str) -> Versions | None:
         health = self.healths.get(prime)
@@ -156,7 +158,8 @@ class RouterState:
 
         Busy members report new pod counts on nearly every probe; with a hundred members
         probed every second, rebuilding the table for each would cost more than routing.
-        Launches meanwhile count what they send (``sent``), so bounded loads stay accurate.
+        Bounded loads lose nothing by the wait: until the swap, the old counts plus every
+        launch sent (``sent``) still hold, and the swap drops what the new counts include.
         """
         if self._swap_pending:
             return
@@ -176,7 +179,7 @@ class RouterState:
 
     def launch_counter(self, member: str, reason: str) -> Callable[[], None]:
         """A function counting one launch sent to ``member`` for ``reason``, where both
-        counts live: ``sent`` (bounded loads, until the member's next probe) and the
+        counts live: ``sent`` (bounded loads, until a table shows a later probe) and the
         redirect metrics. Made once per pair, called per launch."""
         sent, count = self.sent, self.metrics.redirect_counter(member, reason)
         counts = sent.counts
@@ -242,6 +245,7 @@ class RouterState:
         was_ready = self._ready
         previous = self.table
         self.table = self._build()
+        self.sent.settle()
         self._track_entries(previous, was_ready)
         self.metrics.sync(self.table)
         self._announce(previous)

@@ -37,15 +37,20 @@ RedirectReason = Literal["cookie", "load_balancer", "spill-over", "fallback", "p
 
 @dataclass(slots=True)
 class SentLaunches:
-    """Launches sent per member since its last probe, and their running total.
+    """Launches sent per member that the routing table's pod counts do not include yet.
 
-    Bounded loads need the total for every launch; keeping it here costs one addition per
-    launch where summing a hundred members' counts cost a loop. Change it only through the
-    methods (or as the launch counter does, both at once), so the total stays true.
+    A probe reports pods that include every launch sent before it, but the table shows that
+    count only from the next swap (pod-count-only changes are coalesced). So a probe marks
+    what it covers (``probed``) and the swap takes it off (``settle``): between the two, the
+    old count plus everything sent still holds, and after, the new count plus what was sent
+    since the probe. Bounded loads need the total for every launch; a running total costs
+    one addition per launch where summing a hundred members' counts cost a loop. Change it
+    only through the methods (or as the launch counter does, both at once).
     """
 
     counts: dict[str, int] = field(default_factory=dict)
     total: int = field(init=False)
+    covered: dict[str, int] = field(default_factory=dict)  # per member, by a probe not shown yet
 
     def __post_init__(self) -> None:
         self.total = sum(self.counts.values())
@@ -55,14 +60,22 @@ class SentLaunches:
         self.counts[name] = self.counts.get(name, 0) + 1
         self.total += 1
 
-    def reset(self, name: str) -> None:
-        """``name`` was probed: the pod count it reported includes what was sent to it."""
-        self.total -= self.counts.get(name, 0)
-        self.counts[name] = 0
+    def probed(self, name: str) -> None:
+        """``name`` reported pods that include every launch sent to it so far."""
+        self.covered[name] = self.counts.setdefault(name, 0)
+
+    def settle(self) -> None:
+        """The table now shows every probe's pods: drop the launches they include."""
+        counts = self.counts
+        for name, done in self.covered.items():
+            counts[name] -= done
+            self.total -= done
+        self.covered.clear()
 
     def forget(self, name: str) -> None:
         """``name`` left the config."""
         self.total -= self.counts.pop(name, 0)
+        self.covered.pop(name, None)
 
 
 _NOTHING_SENT = SentLaunches()

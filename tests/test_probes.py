@@ -25,7 +25,14 @@ from federation.config import HealthSettings, Member, VersionPolicy, parse_confi
 from federation.demo import MemberControls
 from federation.drains import FileDrainStore, with_drain
 from federation.health import MemberHealth, ProbeResult, State, advance, parse_health
-from federation.probes import next_delay, probe_delay, probe_fetcher, probe_member
+from federation.probes import (
+    ROUND_TICK,
+    next_delay,
+    probe_delay,
+    probe_fetcher,
+    probe_member,
+    round_start,
+)
 from federation.runtime import RouterState
 from federation.table import MemberStatus
 from tests.conftest import Federation, StartFederation
@@ -124,6 +131,26 @@ class TestDelays:
         delays = [next_delay(settings, failures=0, healthy=True, rng=rng) for _ in range(500)]
         assert all(9.0 <= d <= 11.0 for d in delays)
         assert max(delays) - min(delays) > 1.0
+
+    @pytest.mark.parametrize(("interval", "tick"), [(10, ROUND_TICK), (1, ROUND_TICK),
+                                                   (0.2, 0.01)])
+    def test_rounds_start_on_a_shared_grid_at_most_one_tick_late(
+        self, interval: float, tick: float,
+    ) -> None:
+        """Rounds due within one tick start together, on the tick after they are due: the
+        grid is 1/20 of the interval, at most ROUND_TICK, so short test intervals keep pace."""
+        rng = random.Random(3)
+        settings = HealthSettings(interval=interval)
+        starts = []
+        for _ in range(400):
+            now = rng.uniform(0, 1000)
+            delay = next_delay(settings, failures=0, healthy=True, rng=rng)
+            start = round_start(now, delay, interval)
+            assert now + delay - 1e-9 <= start < now + delay + tick + 1e-9
+            assert abs(start / tick - round(start / tick)) < 1e-6
+            starts.append(start)
+        assert len(set(starts)) > 300  # the grid is fine enough to keep rounds apart
+        assert round_start(7.0, 0.3 * tick, interval) == round_start(7.0, 0.9 * tick, interval)
 
     @pytest.mark.parametrize("outage", [25.0, 95.0, 5000.0])
     def test_recovered_member_is_back_within_the_restore_rounds(self, outage: float) -> None:

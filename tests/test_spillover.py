@@ -7,12 +7,16 @@ quotas, or let the router's own count grow, and watch where the 307s point.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import ClientSession
 
 from federation.demo import MemberControls
 from federation.launch import parse_launch
+from federation.runtime import COALESCE_SECONDS, RouterState
 from federation.table import SentLaunches
 from tests.conftest import Federation, StartFederation
+from tests.test_slow_start import config, probe
 
 SLOW_PROBES = {"interval": 30}  # after the first round, no probe interrupts the test
 
@@ -79,6 +83,24 @@ async def test_launches_sent_since_the_probe_count_toward_the_bound(
     await fed.wait_for(lambda: fed.state.sent == SentLaunches({"a": 0, "b": 0}),
                        what="a new probe round")
     assert await member_of(fed, path) == "a"
+
+
+async def test_launches_sent_while_a_new_pod_count_waits_for_the_table_are_counted_once() -> None:
+    """A probe's new pod count reaches the table up to ``COALESCE_SECONDS`` later. Until
+    then the old count plus every launch sent holds; after, the new count (which includes
+    the launches sent before the probe) plus only those sent since."""
+    state = RouterState(config({"a": 10, "b": 10}, slow_start=0))
+    for name in ("a", "b"):
+        state.apply_probe(name, probe(0.0, quota=1000))
+    state.sent.add("a")
+    state.sent.add("a")
+    state.apply_probe("a", probe(1.0, pods=5, quota=1000))  # the two launches are in the 5
+    state.sent.add("a")
+    assert state.table.by_name["a"].pods == 0
+    assert state.sent.counts["a"] == 3 and state.sent.total == 3
+    await asyncio.sleep(COALESCE_SECONDS * 1.5)
+    assert state.table.by_name["a"].pods == 5
+    assert state.sent.counts["a"] == 1 and state.sent.total == 1
 
 
 async def test_member_at_its_quota_headroom_spills_below_its_bound(

@@ -49,12 +49,37 @@ def test_fast_path_matches_bounded_choice(members: list[tuple[int, int, int | No
     assert decision.reason == expected
 
 
-@given(steps=st.lists(st.tuples(st.sampled_from(["add", "reset", "forget"]),
+@given(steps=st.lists(st.tuples(st.sampled_from(["add", "probed", "settle", "forget"]),
                                 st.sampled_from(["a", "b", "c"])), max_size=60))
-def test_sent_launches_keep_their_total(steps: list[tuple[str, str]]) -> None:
-    """Whatever launches, probes and removals come, the running total is the counts' sum
-    (bounded loads read the total instead of summing every member per launch)."""
+def test_sent_launches_drop_exactly_what_the_shown_probes_include(
+    steps: list[tuple[str, str]],
+) -> None:
+    """Whatever launches, probes, swaps and removals come, each member's count is what a
+    table showing its pods has not seen: everything since its last probe once a swap showed
+    that probe, everything since the one before until then. The running total stays the sum
+    (bounded loads read it instead of summing every member per launch)."""
     sent = SentLaunches()
+    since_probe: dict[str, int] = {}  # the model: launches after each member's last probe
+    shown: dict[str, int] = {}
+    unshown: set[str] = set()
     for action, name in steps:
-        getattr(sent, action)(name)
+        if action == "add":
+            sent.add(name)
+            since_probe[name] = since_probe.get(name, 0) + 1
+            shown[name] = shown.get(name, 0) + 1
+        elif action == "probed":
+            sent.probed(name)
+            since_probe[name] = 0
+            unshown.add(name)
+        elif action == "settle":
+            sent.settle()
+            shown.update((n, since_probe.get(n, 0)) for n in unshown)
+            unshown.clear()
+        else:
+            sent.forget(name)
+            since_probe.pop(name, None)
+            shown.pop(name, None)
+            unshown.discard(name)
+        assert {n: c for n, c in sent.counts.items() if c} == {
+            n: c for n, c in shown.items() if c}
         assert sent.total == sum(sent.counts.values())
