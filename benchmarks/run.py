@@ -35,7 +35,12 @@ import click
 
 from benchmarks import harness
 from benchmarks.harness import Limits, Run, Server, Summary
-from benchmarks.instructions import count_instructions, instructions_table, missing_tools
+from benchmarks.instructions import (
+    count_instructions,
+    count_probing,
+    instructions_table,
+    missing_tools,
+)
 from benchmarks.placement import placement_table, run_placement
 
 __all__ = ["main"]
@@ -304,7 +309,7 @@ def placement(decisions: int) -> None:
 
 @main.command()
 @click.option("--duration", type=click.FloatRange(2, 600), default=10, show_default=True,
-              help="Seconds of counted load per server.")
+              help="Seconds counted per server (launches), and of probing.")
 @click.option("--warmup", type=click.FloatRange(1, 60), default=5, show_default=True,
               help="Seconds of uncounted load first.")
 @click.option("--loop", "loop_kind", type=click.Choice(["auto", "asyncio", "uvloop"]),
@@ -320,9 +325,12 @@ def instructions(duration: float, warmup: float, loop_kind: str) -> None:
     with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp:
         counts = count_instructions(Path(tmp), loop=loop, duration=duration, warmup=warmup,
                                     server_cores=server_cores, load_cores=load_cores)
-    click.echo(f"\nUser-space instructions per launch (callgrind, one connection, loop {loop})"
-               "\n")
-    click.echo(instructions_table(counts))
+        probing = count_probing(Path(tmp), loop=loop, duration=duration, warmup=warmup,
+                                server_cores=server_cores, load_cores=load_cores)
+    click.echo(f"\nUser-space instructions per launch (callgrind, one connection, loop {loop}) "
+               "and per probe round (100 members with changing pod counts, every second, no "
+               "launches)\n")
+    click.echo(instructions_table(counts, probing))
 
 
 @main.command(name="all")

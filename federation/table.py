@@ -174,7 +174,7 @@ class RoutingTable:
         A ``host`` cookie naming a routable member wins (it keeps a retried launch where its
         build started); otherwise the configured strategy decides among routable members,
         and when there are none the fallback chain does. ``sent`` counts the launches sent
-        since each member's last probe, which its reported pods do not include yet.
+        to each member that the pods in this snapshot do not include yet.
         """
         if cookie is not None:
             sticky = self.by_url.get(cookie.strip('"'))

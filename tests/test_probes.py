@@ -196,6 +196,38 @@ async def test_a_probe_round_is_one_health_and_one_versions_request(
     assert fed.state.table.by_name["b"].status is MemberStatus.UNHEALTHY
 
 
+async def test_a_cancelled_round_leaves_no_fetch_behind(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    """A round cancelled while its member hangs (it left the config) takes both fetches
+    down with it: nothing keeps waiting on a member nobody probes."""
+    asked: set[str] = set()
+    both_asked = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        asked.add(request.path)
+        if len(asked) == 2:
+            both_asked.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    app = web.Application()
+    app.router.add_get("/health", hang)
+    app.router.add_get("/versions", hang)
+    server = await aiohttp_server(app)
+    member = Member(name="m", url=str(server.make_url("")).rstrip("/"), prime=True)
+    async with probe_fetcher() as fetcher:
+        round_ = asyncio.create_task(probe_member(fetcher, member, HealthSettings(timeout=30)))
+        await asyncio.wait_for(both_asked.wait(), 5)
+        round_.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await round_
+        await asyncio.sleep(0)
+        left = [t for t in asyncio.all_tasks()
+                if not t.done() and getattr(t.get_coro(), "__name__", "") == "_answer"]
+        assert left == []
+
+
 async def test_bodies_arriving_in_pieces_are_read_whole_and_capped(
     aiohttp_server: Callable[..., Awaitable[TestServer]],
 ) -> None:
