@@ -37,26 +37,34 @@ from federation.table import MemberStatus, RoutingTable
 __all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+_PROBE_BUCKETS = tuple(float(b) for b in Histogram.DEFAULT_BUCKETS[:-1])  # without +Inf
 _PROBE_OUTCOMES = ("ok", "unhealthy", "error")
 
 
 class _LatencyHistogram:
-    """One route kind's request durations, kept as plain bucket counts.
+    """Durations kept as plain bucket counts (one route kind's requests, one member's probes).
 
     prometheus_client's Histogram takes a lock on every observation; on the single-threaded
     event loop that lock is pure cost, and it was the largest part of a launch's routing time.
     """
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("bounds", "counts", "total")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(_LATENCY_BUCKETS) + 1)
+    def __init__(self, bounds: tuple[float, ...] = _LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
         self.total = 0.0
 
     def observe(self, seconds: float) -> None:
-        """Record one request that took ``seconds``."""
-        self.counts[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        """Record one event that took ``seconds``."""
+        self.counts[bisect_left(self.bounds, seconds)] += 1
         self.total += seconds
+
+    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
+        """Export as one labelled histogram of ``family`` (cumulative, as Prometheus wants)."""
+        bounds = [*(str(float(b)) for b in self.bounds), "+Inf"]
+        family.add_metric(labels, list(zip(bounds, accumulate(self.counts), strict=True)),
+                          self.total)
 
 
 class _LaunchTally(Collector):
@@ -94,12 +102,49 @@ class _LaunchTally(Collector):
         latency = HistogramMetricFamily("federation_request_duration_seconds",
                                         "Time to answer a request, by route kind",
                                         labels=["route"])
-        bounds = [*(str(float(b)) for b in _LATENCY_BUCKETS), "+Inf"]
         for kind, histogram in self.latency.items():
-            cumulative = list(accumulate(histogram.counts))
-            latency.add_metric([kind], list(zip(bounds, cumulative, strict=True)),
-                               histogram.total)
+            histogram.add_to(latency, [kind])
         yield from (counter, compat, latency)
+
+
+class _ProbeTally(Collector):
+    """Probe rounds per member and outcome, and their durations: plain numbers a hundred
+    members probed every second update without locks, exported when scraped.
+
+    Exports ``federation_probes_total`` (a Counter) and ``federation_probe_duration_seconds``
+    (a Histogram per member, prometheus_client's default buckets).
+    """
+
+    def __init__(self) -> None:
+        self.rounds: dict[tuple[str, str], int] = {}
+        self.latency: dict[str, _LatencyHistogram] = {}
+
+    def count(self, member: str, outcome: str, seconds: float) -> None:
+        """One round of ``member`` that ended in ``outcome`` after ``seconds``."""
+        key = (member, outcome)
+        self.rounds[key] = self.rounds.get(key, 0) + 1
+        histogram = self.latency.get(member)
+        if histogram is None:
+            histogram = self.latency[member] = _LatencyHistogram(_PROBE_BUCKETS)
+        histogram.observe(seconds)
+
+    def forget(self, member: str) -> None:
+        """Drop every series of ``member``."""
+        self.latency.pop(member, None)
+        for outcome in _PROBE_OUTCOMES:
+            self.rounds.pop((member, outcome), None)
+
+    def collect(self) -> Iterator[Metric]:
+        rounds = CounterMetricFamily("federation_probes", "Probe rounds by outcome: ok, "
+                                     "unhealthy (answered, a check failing) or error (no "
+                                     "usable answer)", labels=["member", "outcome"])
+        for (member, outcome), value in sorted(self.rounds.items()):
+            rounds.add_metric([member, outcome], value)
+        latency = HistogramMetricFamily("federation_probe_duration_seconds",
+                                        "Duration of a probe round", labels=["member"])
+        for member, histogram in sorted(self.latency.items()):
+            histogram.add_to(latency, [member])
+        yield from (rounds, latency)
 
 
 class Metrics:
@@ -131,11 +176,8 @@ class Metrics:
                                   "a 4xx", registry=r)
         self.proxy_errors = Counter("federation_proxy_errors", "Proxied requests that failed "
                                     "upstream", ["kind"], registry=r)
-        self.probe_latency = Histogram("federation_probe_duration_seconds", "Duration of a "
-                                       "probe round", ["member"], registry=r)
-        self.probes = Counter("federation_probes", "Probe rounds by outcome: ok, unhealthy "
-                              "(answered, a check failing) or error (no usable answer)",
-                              ["member", "outcome"], registry=r)
+        self.probes = _ProbeTally()
+        r.register(self.probes)
         self.panic = Gauge("federation_panic", "1 while too little weight is routable and "
                            "launches ignore health (panic_threshold)", registry=r)
         self.config_generation = Gauge("federation_config_generation", "Config generation in "
@@ -151,7 +193,6 @@ class Metrics:
         self._checks: dict[str, set[str]] = {}
         self._synced: dict[str, tuple[object, ...]] = {}
         self._numbers: dict[str, tuple[int | None, int | None]] = {}
-        self._probe_children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self.route_latency = self.launches.latency
 
     def redirect_counter(self, member: str, reason: str) -> Callable[[], None]:
@@ -229,15 +270,10 @@ class Metrics:
         """Remove every series of a member that left the config."""
         self._synced.pop(name, None)
         self._numbers.pop(name, None)
-        for outcome in _PROBE_OUTCOMES:
-            self._probe_children.pop((name, outcome), None)
-        for per_member in (self.drained, self.weight, self.pods, self.quota,
-                           self.probe_latency):
+        self.probes.forget(name)
+        for per_member in (self.drained, self.weight, self.pods, self.quota):
             with contextlib.suppress(KeyError):
                 per_member.remove(name)
-        for outcome in _PROBE_OUTCOMES:
-            with contextlib.suppress(KeyError):
-                self.probes.remove(name, outcome)
         if name in self._health_reason:
             self.health.remove(name, self._health_reason.pop(name))
         if name in self._state:
@@ -251,9 +287,4 @@ class Metrics:
             outcome = "error"
         else:
             outcome = "ok" if result.health.problem is None else "unhealthy"
-        children = self._probe_children.get((member, outcome))
-        if children is None:  # resolved once: a hundred members probed every second add up
-            children = self._probe_children[member, outcome] = (
-                self.probe_latency.labels(member), self.probes.labels(member, outcome))
-        children[0].observe(result.latency)
-        children[1].inc()
+        self.probes.count(member, outcome, result.latency)
