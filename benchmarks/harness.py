@@ -67,6 +67,19 @@ def pinning() -> tuple[set[int], set[int]]:
     return {cores[0]}, set(cores[1:])
 
 
+@contextlib.contextmanager
+def pinned(cores: set[int]) -> Iterator[None]:
+    """This process on ``cores`` for a while, then back where it was allowed to run: a
+    command that pins itself must not leave the next one (``run all``) a single core."""
+    allowed = os.sched_getaffinity(0)
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

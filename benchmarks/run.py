@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -297,12 +296,12 @@ def probing(connections: str, churn: bool, runs: int, duration: float, warmup: f
 def placement(decisions: int) -> None:
     """Microseconds per routing decision (parse_launch + RoutingTable.route)."""
     server_cores, _ = harness.pinning()
-    with contextlib.suppress(OSError):
-        os.sched_setaffinity(0, server_cores)  # time decisions on a core of their own
+    with harness.pinned(server_cores):  # time decisions on a core of their own
+        results = run_placement(decisions=decisions)
+        yardstick = min(timeit.repeat("sum(range(100))", number=20_000, repeat=5)) / 20_000 * 1e6
     click.echo("\nRouting decisions (parse_launch + RoutingTable.route, bounded loads; cached: "
                "repositories from the pool, cold: a new repository every call)\n")
-    click.echo(placement_table(run_placement(decisions=decisions)))
-    yardstick = min(timeit.repeat("sum(range(100))", number=20_000, repeat=5)) / 20_000 * 1e6
+    click.echo(placement_table(results))
     click.echo(f"\nYardstick for comparing machines: sum(range(100)) takes {yardstick:.2f} µs "
                "here.")
 
