@@ -34,6 +34,7 @@ __all__ = [
     "Summary",
     "choose_loop",
     "drive",
+    "drive_together",
     "launches",
     "members",
     "pinning",
@@ -276,39 +277,69 @@ def _loadgen_argv(url: str, connections: int, duration: float) -> list[str]:
             str(connections), "--duration", str(duration), "--pool", str(POOL)]
 
 
-def launches(server: Server, *, connections: int, duration: float,
-             cores: set[int]) -> dict[str, float]:
-    """Send launches to ``server`` for ``duration`` seconds; the load generator's figures
-    (``requests``, ``duration_s``, ``errors``, ``p50_ms``, ``p99_ms``)."""
-    done = subprocess.run(_loadgen_argv(server.url, connections, duration), capture_output=True,
-                          cwd=_ROOT, preexec_fn=_affinity(cores), check=False)
-    lines = [ln for ln in done.stdout.decode().splitlines() if ln.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"load generator failed ({done.returncode}): "
-                           f"{done.stderr.decode()[-500:]}")
+def _loadgen(server: Server, connections: int, duration: float,
+             cores: set[int]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(_loadgen_argv(server.url, connections, duration),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=_ROOT,
+                            preexec_fn=_affinity(cores))
+
+
+def _loadgen_result(proc: subprocess.Popen[bytes]) -> dict[str, float]:
+    """The load generator's figures (``requests``, ``duration_s``, ``errors``, ``p50_ms``,
+    ``p99_ms``), once it has finished."""
+    stdout, stderr = proc.communicate()
+    lines = [ln for ln in stdout.decode().splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"load generator failed ({proc.returncode}): "
+                           f"{stderr.decode()[-500:]}")
     result: dict[str, float] = json.loads(lines[-1])
     return result
+
+
+def launches(server: Server, *, connections: int, duration: float,
+             cores: set[int]) -> dict[str, float]:
+    """Send launches to ``server`` for ``duration`` seconds; the load generator's figures."""
+    return _loadgen_result(_loadgen(server, connections, duration, cores))
 
 
 def drive(server: Server, *, connections: int, duration: float, cores: set[int],
           server_cores: set[int], limits: Limits) -> Run:
     """Load ``server`` with launches for ``duration`` seconds and judge the run."""
-    cpu_before, gen_before = server.cpu_seconds(), _children_cpu()
+    (run,) = drive_together([server], connections=connections, duration=duration,
+                            cores=cores, server_cores=server_cores, limits=limits)
+    return run
+
+
+def drive_together(servers: Sequence[Server], *, connections: int, duration: float,
+                   cores: set[int], server_cores: set[int], limits: Limits) -> list[Run]:
+    """Load every one of ``servers`` at once, one load generator each, and judge the runs.
+
+    Servers sharing the server core split it: each must use at least ``server_min`` of its
+    share, and the load generators together less than ``loadgen_max`` of theirs. Runs made
+    at the same moment see the same machine, which pairs them far more closely than runs
+    made one after the other (``benchmarks.run probing --paired``).
+    """
+    cpu_before, gen_before = [s.cpu_seconds() for s in servers], _children_cpu()
     core_before, started = _core_busy(server_cores), time.monotonic()
-    result = launches(server, connections=connections, duration=duration, cores=cores)
+    procs = [_loadgen(s, connections, duration, cores) for s in servers]
+    results = [_loadgen_result(p) for p in procs]
     wall = time.monotonic() - started
-    server_cpu = (server.cpu_seconds() - cpu_before) / wall
+    server_cpu = [(s.cpu_seconds() - b) / wall for s, b in zip(servers, cpu_before, strict=True)]
     gen_cpu = (_children_cpu() - gen_before) / wall
-    others = max(0.0, (_core_busy(server_cores) - core_before) / wall - server_cpu)
-    refused = None
-    if gen_cpu >= limits.loadgen_max:
-        refused = f"load generator used {gen_cpu:.0%} of its core"
-    elif server_cpu < limits.server_min:
-        refused = (f"server used only {server_cpu:.0%} of its core (the core was busy "
-                   f"{others:.0%} more: other processes, or the kernel's network work)")
-    return Run(server.name, connections, result["requests"] / result["duration_s"],
-               result["p50_ms"], result["p99_ms"], int(result["errors"]), server_cpu, gen_cpu,
-               refused)
+    others = max(0.0, (_core_busy(server_cores) - core_before) / wall - sum(server_cpu))
+    share = limits.server_min / len(servers)
+    runs = []
+    for server, cpu, result in zip(servers, server_cpu, results, strict=True):
+        refused = None
+        if gen_cpu >= limits.loadgen_max:
+            refused = f"load generator used {gen_cpu:.0%} of its core"
+        elif cpu < share:
+            refused = (f"server used only {cpu:.0%} of its core (the core was busy "
+                       f"{others:.0%} more: other processes, or the kernel's network work)")
+        runs.append(Run(server.name, connections, result["requests"] / result["duration_s"],
+                        result["p50_ms"], result["p99_ms"], int(result["errors"]), cpu,
+                        gen_cpu, refused))
+    return runs
 
 
 @dataclass

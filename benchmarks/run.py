@@ -137,11 +137,16 @@ def _measure(contenders: Sequence[Contender], plan: _Plan, *, together: bool
     return results, rss
 
 
+def _ratios(s: Summary, b: Summary, attribute: str) -> list[float]:
+    """Per round, ``s``'s figure divided by the baseline's in the same round."""
+    base = {r.round_no: getattr(r, attribute) for r in b.accepted}
+    return [float(getattr(r, attribute) / base[r.round_no]) for r in s.accepted
+            if r.round_no in base]
+
+
 def _paired(s: Summary, b: Summary, attribute: str) -> float:
     """Median over rounds of ``s``'s figure divided by the baseline's in the same round."""
-    base = {r.round_no: getattr(r, attribute) for r in b.accepted}
-    ratios = [getattr(r, attribute) / base[r.round_no] for r in s.accepted
-              if r.round_no in base]
+    ratios = _ratios(s, b, attribute)
     return statistics.median(ratios) if ratios else float("nan")
 
 
@@ -261,10 +266,13 @@ def throughput(connections: str, member_count: int, runs: int, duration: float,
 @click.option("--churn/--no-churn", default=True, show_default=True,
               help="Members report new pod counts all the time, so every probe rebuilds "
                    "the routing table (as in production).")
+@click.option("--paired", is_flag=True,
+              help="Run two routers at once, each loaded by its own load generator, pair "
+                   "by pair: far steadier ratios on a shared machine (see README).")
 @_run_options
-def probing(connections: str, churn: bool, runs: int, duration: float, warmup: float,
-            attempts: int, loop_kind: str, loadgen_max: float, server_min: float,
-            save: Path | None) -> None:
+def probing(connections: str, churn: bool, paired: bool, runs: int, duration: float,
+            warmup: float, attempts: int, loop_kind: str, loadgen_max: float,
+            server_min: float, save: Path | None) -> None:
     """Router throughput with 100 members probed every second vs 3 members every 10 s.
 
     A third router, 100 members probed every 10 s, separates what the member count costs
@@ -284,10 +292,80 @@ def probing(connections: str, churn: bool, runs: int, duration: float, warmup: f
                     cores=server_cores)
             for name, count, interval in sizes
         ]
-        _report(f"Probing overhead (member pod counts {'changing' if churn else 'steady'})",
-                contenders, small, connections=_counts(connections), runs=runs, duration=duration,
-                warmup=warmup, attempts=attempts, limits=Limits(loadgen_max, server_min),
+        title = f"Probing overhead (member pod counts {'changing' if churn else 'steady'})"
+        limits = Limits(loadgen_max, server_min)
+        if paired:
+            plan = _Plan(_counts(connections), runs, duration, warmup, attempts, limits,
+                         server_cores, load_cores)
+            first, middle, last = contenders
+            _report_pairs(title, [(first, middle), (middle, last), (first, last)], plan,
+                          loop=loop, save=save)
+            return
+        _report(title, contenders, small, connections=_counts(connections), runs=runs,
+                duration=duration, warmup=warmup, attempts=attempts, limits=limits,
                 loop=loop, save=save, together=False)
+
+
+def _load_pair(servers: Sequence[Server], conns: int, round_no: int, plan: _Plan) -> list[Run]:
+    """One run of both ``servers`` at once, ``conns`` connections split between them,
+    retried while either is refused."""
+    runs: list[Run] = []
+    for _ in range(plan.attempts):
+        pair = [replace(r, round_no=round_no) for r in harness.drive_together(
+            servers, connections=max(1, conns // 2), duration=plan.duration,
+            cores=plan.load_cores, server_cores=plan.server_cores, limits=plan.limits)]
+        runs += pair
+        base, other = pair
+        verdict = "; ".join(f"REFUSED {r.server}: {r.refused}" for r in pair if r.refused)
+        click.echo(f"  round {round_no} c={conns:<3} {base.server}: {base.rps:7.0f} req/s, "
+                   f"{other.server}: {other.rps:7.0f} req/s ({other.rps / base.rps:.3f}), "
+                   f"load {base.loadgen_cpu:4.0%} CPU: {verdict or 'ok'}", err=True)
+        if not verdict:
+            break
+    return runs
+
+
+def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan: _Plan, *,
+                  loop: str, save: Path | None) -> None:
+    """Each pair side by side on the server core, loaded at the same moment, round after
+    round; the table gives the second's figures over the first's."""
+    click.echo(f"{title}, paired: {plan.runs} runs of {plan.duration:g} s per pair and "
+               f"level, loop {loop}, load by {_loadgen_name()}", err=True)
+    lines = ["| connections | baseline | compared | rounds counted | req/s ÷ baseline | "
+             "per round | CPU µs/req ÷ baseline |", "|---:|---|---|---:|---:|---|---:|"]
+    results: list[Run] = []
+    missing = False
+    for start_base, start_other in pairs:
+        with start_base() as base, start_other() as other:
+            servers = (base, other)
+            harness.drive_together(servers, connections=max(plan.connections) // 2,
+                                   duration=plan.warmup, cores=plan.load_cores,
+                                   server_cores=plan.server_cores, limits=plan.limits)
+            for conns in plan.connections:
+                runs = [r for n in range(1, plan.runs + 1)
+                        for r in _load_pair(servers, conns, n, plan)]
+                results += runs
+                b, o = harness.summarise(runs, {})
+                ratios = _ratios(o, b, "rps")
+                missing |= not ratios
+                spread = f"{min(ratios):.2f}–{max(ratios):.2f}" if ratios else "n/a"
+                lines.append(f"| {conns} | {base.name} | {other.name} | "
+                             f"{len(ratios)}/{plan.runs} | "
+                             f"{_fmt(_paired(o, b, 'rps'), '.3f')} | {spread} | "
+                             f"{_fmt(_paired(o, b, 'cpu_us'), '.3f')} |")
+    click.echo(f"\n{title}, paired (event loop: {loop}; two routers at once on the server "
+               f"core, each with a load generator and half the connections; ratios: median "
+               f"over rounds)\n")
+    click.echo("\n".join(lines))
+    click.echo("\nEach router has half the core here, so work it does whatever the load "
+               "(probing) takes twice the share of its throughput it takes of a whole core; "
+               "costs per launch show as they are. A ratio here is a lower bound on the "
+               "whole-core one.")
+    if save is not None:
+        save.write_text(json.dumps({"title": title, "loop": loop, "paired": True,
+                                    "runs": [asdict(r) for r in results]}, indent=1))
+    if missing:
+        sys.exit(2)
 
 
 @main.command()
