@@ -334,8 +334,9 @@ def drive_together(servers: Sequence[Server], *, connections: int, duration: flo
         if gen_cpu >= limits.loadgen_max:
             refused = f"load generator used {gen_cpu:.0%} of its core"
         elif cpu < share:
-            refused = (f"server used only {cpu:.0%} of its core (the core was busy "
-                       f"{others:.0%} more: other processes, or the kernel's network work)")
+            refused = (f"server used only {cpu:.0%} of its core, below {share:.0%} (the core "
+                       f"was busy {others:.0%} more: other processes, or the kernel's network "
+                       "work)")
         runs.append(Run(server.name, connections, result["requests"] / result["duration_s"],
                         result["p50_ms"], result["p99_ms"], int(result["errors"]), cpu,
                         gen_cpu, refused))
