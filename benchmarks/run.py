@@ -306,19 +306,25 @@ def probing(connections: str, churn: bool, paired: bool, runs: int, duration: fl
                 loop=loop, save=save, together=False)
 
 
+def _half(conns: int) -> int:
+    """Connections for each router of a pair: the level's, split between the two."""
+    return max(1, conns // 2)
+
+
 def _load_pair(servers: Sequence[Server], conns: int, round_no: int, plan: _Plan) -> list[Run]:
     """One run of both ``servers`` at once, ``conns`` connections split between them,
     retried while either is refused."""
     runs: list[Run] = []
     for _ in range(plan.attempts):
         pair = [replace(r, round_no=round_no) for r in harness.drive_together(
-            servers, connections=max(1, conns // 2), duration=plan.duration,
+            servers, connections=_half(conns), duration=plan.duration,
             cores=plan.load_cores, server_cores=plan.server_cores, limits=plan.limits)]
         runs += pair
         base, other = pair
         verdict = "; ".join(f"REFUSED {r.server}: {r.refused}" for r in pair if r.refused)
         click.echo(f"  round {round_no} c={conns:<3} {base.server}: {base.rps:7.0f} req/s, "
-                   f"{other.server}: {other.rps:7.0f} req/s ({other.rps / base.rps:.3f}), "
+                   f"{other.server}: {other.rps:7.0f} req/s "
+                   f"({_fmt(other.rps / base.rps if base.rps else math.nan, '.3f')}), "
                    f"load {base.loadgen_cpu:4.0%} CPU: {verdict or 'ok'}", err=True)
         if not verdict:
             break
@@ -338,7 +344,7 @@ def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan
     for start_base, start_other in pairs:
         with start_base() as base, start_other() as other:
             servers = (base, other)
-            harness.drive_together(servers, connections=max(plan.connections) // 2,
+            harness.drive_together(servers, connections=_half(max(plan.connections)),
                                    duration=plan.warmup, cores=plan.load_cores,
                                    server_cores=plan.server_cores, limits=plan.limits)
             for conns in plan.connections:
