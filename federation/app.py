@@ -29,7 +29,7 @@ from federation.errors import ConfigError, LaunchPathError
 from federation.launch import LaunchKey, parse_launch
 from federation.logs import quiet_malformed_requests
 from federation.metrics import Metrics
-from federation.probes import Prober, probe_delay, probe_fetcher
+from federation.probes import Prober, probe_delay, probe_fetcher, versions_due
 from federation.proxy import ProxyError, forward, request_target
 from federation.runtime import RouterState
 from federation.sources import ConfigSource
@@ -93,20 +93,27 @@ def _refusal(request: web.BaseRequest, status: int, reason: str,
 
 
 @dataclass(frozen=True, slots=True)
-class _Home:
-    """The redirect to the member placement ranks first for a target, ready to send."""
+class _Redirect:
+    """A target's redirect to one member, ready to send again."""
 
     member: str
     headers: CIMultiDict[str]
     count: Callable[[], None]  # counts one launch sent there (``RouterState.launch_counter``)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Answer:
-    """A launch target's parsed key and its home redirect (None under random placement)."""
+    """A launch target's parsed key, its home redirect (None under random placement), and
+    its redirect to the member it last spilled over to.
+
+    ``spill`` is kept because a spill-over made fresh cost about twice a home launch in the
+    server (its code and data are cold), and a target whose home is at its bound spills
+    to the same member launch after launch; it is replaced when the walk picks another.
+    """
 
     launch: LaunchKey
-    home: _Home | None
+    home: _Redirect | None
+    spill: _Redirect | None = None
 
 
 class _Launcher:
@@ -132,7 +139,10 @@ class _Launcher:
         cookie, and a home member with room — is a few lookups and the response. A target's
         parsed key, home member, headers and counter are made once (``_answer``) and kept
         while the rankings, the config and the redirect reason stay the same objects: a
-        probe that only changes pod counts swaps the table but keeps all three.
+        probe that only changes pod counts swaps the table but keeps all three. A home at
+        its bound sends the launch down the ranking (``spill_over``, as ``route`` walks) to
+        a redirect kept the same way; cookies, random placement and no-room-anywhere go
+        through ``route``.
         """
         started = time.perf_counter()
         try:
@@ -152,10 +162,20 @@ class _Launcher:
                     self.metrics.bad_launch.inc()
                     return _refusal(request, e.status, e.reason)
             home, cookie = answer.home, request.headers.get(hdrs.COOKIE)
-            if (home is not None and (cookie is None or "host" not in cookie)
-                    and table.has_room(home.member, self.state.sent)):
-                return self._redirect(home.count, home.headers, answer.launch, home.member,
-                                      table.reason)
+            if home is not None and (cookie is None or "host" not in cookie):
+                sent = self.state.sent
+                if table.has_room(home.member, sent):
+                    return self._redirect(home.count, home.headers, answer.launch, home.member,
+                                          table.reason)
+                name = table.spill_over(table.ranker(answer.launch.key), sent)
+                if name is not None:
+                    spill = answer.spill
+                    if spill is None or spill.member != name:
+                        spill = answer.spill = self._redirect_to(
+                            name, request_target(request), answer.launch, table,
+                            table.spill_reason)
+                    return self._redirect(spill.count, spill.headers, answer.launch, name,
+                                          table.spill_reason)
             sticky = request.cookies.get("host") if cookie else None
             decision = table.route(answer.launch, cookie=sticky, sent=self.state.sent,
                                    rng=self.rng)
@@ -183,14 +203,19 @@ class _Launcher:
         target = request_target(request)
         launch = parse_launch(target)
         name = table.home(launch.key)
-        home = None if name is None else _Home(
-            name, _redirect_headers(table.by_name[name].url, target, launch, table.config),
-            self._counter(name, table.reason))
+        home = (None if name is None
+                else self._redirect_to(name, target, launch, table, table.reason))
         answer = _Answer(launch, home)
         if len(self._answers) >= _ANSWERS_KEPT:
             self._answers.clear()
         self._answers[request.raw_path] = answer
         return answer
+
+    def _redirect_to(self, name: str, target: str, launch: LaunchKey, table: RoutingTable,
+                     reason: str) -> _Redirect:
+        """The redirect of ``target`` to member ``name``, ready to send again."""
+        return _Redirect(name, _redirect_headers(table.by_name[name].url, target, launch,
+                                             table.config), self._counter(name, reason))
 
     def _redirect(self, count: Callable[[], None], headers: CIMultiDict[str],
                   launch: LaunchKey, member: str, reason: str) -> web.StreamResponse:
@@ -402,7 +427,11 @@ def _lifetime(
         def delay_for(name: str, settings: HealthSettings) -> float:
             return probe_delay(state.healths.get(name), settings, jitter_rng)
 
-        prober = Prober(fetcher, state.apply_probe, delay_for)
+        def wants_versions(name: str, settings: HealthSettings) -> bool:
+            return versions_due(state.healths.get(name), settings, time.monotonic(),
+                                prime=name == state.config.prime.name)
+
+        prober = Prober(fetcher, state.apply_probe, delay_for, wants_versions)
         state.on_config = lambda c: prober.reconcile(c.members, c.health)
         prober.reconcile(state.config.members, state.config.health)
         tasks = [asyncio.create_task(_guard("ticker", lambda: _tick(state)), name="ticker")]

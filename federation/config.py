@@ -216,6 +216,9 @@ class HealthSettings(_Strict, frozen=True):
     successes_to_restore: Annotated[int, Meta(ge=1, le=100)] = 2
     max_backoff: Annotated[float, Meta(gt=0, le=3600)] = 60.0
     versions: VersionPolicy = VersionPolicy.EXACT
+    versions_interval: Annotated[float, Meta(gt=0, le=86400, description=(
+        "Seconds between /versions fetches of a member in rotation (versions change only on "
+        "deploys); the prime, and a member out of rotation, are asked every round"))] = 60.0
     startup_timeout: Annotated[float, Meta(gt=0, le=600)] = 15.0
     max_body_bytes: Annotated[int, Meta(ge=256, le=10_000_000)] = 65536
 

@@ -125,12 +125,12 @@ class Versions:
 
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
-    """One probe round of a member: /health and /versions fetched together."""
+    """One probe round of a member: /health, and /versions when the round asked for it."""
 
     at: float
     latency: float
     health: HealthReport | None = None
-    versions: Versions | None = None
+    versions: Versions | None = None  # None: not asked this round, or the fetch failed
     error: str | None = None  # reason when the round failed before a verdict (timeout, garbage)
 
     @property
@@ -152,6 +152,7 @@ class MemberHealth:
     last: ProbeResult | None = None
     report: HealthReport | None = None  # the last /health that parsed, even if a later failed
     versions: Versions | None = None  # likewise for /versions
+    versions_at: float | None = None  # when ``versions`` was fetched
 
     @property
     def pod_quota(self) -> PodQuota | None:
@@ -247,15 +248,20 @@ def versions_match(policy: VersionPolicy, member: Versions | None, prime: Versio
 
 
 def verdict(
-    result: ProbeResult, *, policy: VersionPolicy, prime_versions: Versions | None
+    result: ProbeResult, *, policy: VersionPolicy, prime_versions: Versions | None,
+    known_versions: Versions | None = None,
 ) -> str | None:
-    """Why this single probe round failed (None: it passed)."""
+    """Why this single probe round failed (None: it passed).
+
+    A round that did not ask for /versions is judged on ``known_versions``, the member's
+    last fetched ones.
+    """
     if result.error is not None or result.health is None:
         return result.error or "unknown"
     problem = result.health.problem
     if problem is not None:
         return problem
-    if not versions_match(policy, result.versions, prime_versions):
+    if not versions_match(policy, result.versions or known_versions, prime_versions):
         return "versions"
     return None
 
@@ -275,7 +281,8 @@ def advance(
     several rounds); afterwards ``failures_to_eject`` consecutive failures take it out and
     ``successes_to_restore`` consecutive successes bring it back.
     """
-    reason = verdict(result, policy=policy, prime_versions=prime_versions)
+    reason = verdict(result, policy=policy, prime_versions=prime_versions,
+                     known_versions=prev.versions)
     state, why, since = prev.state, prev.reason, prev.since
     if reason is None:
         failures, successes = 0, prev.successes + 1
@@ -292,4 +299,5 @@ def advance(
     return MemberHealth(state=state, reason=why, since=since, failures=failures,
                         successes=successes, probes=prev.probes + 1, last=result,
                         report=result.health or prev.report,
-                        versions=result.versions or prev.versions)
+                        versions=result.versions or prev.versions,
+                        versions_at=result.at if result.versions else prev.versions_at)

@@ -1,11 +1,11 @@
 """Probe loops: one task per member fetching BinderHub's /health and /versions.
 
-Each round makes exactly one request to each endpoint, in parallel, each under the probe
-timeout and a body size cap; there is no retry loop inside a round (today's redirector makes
-five full round trips per check). Flaky answers are absorbed by the hysteresis in
-``health.advance`` instead. A member that hangs, resets connections, trickles bytes or
-answers garbage only ever produces a failed ``ProbeResult`` for itself: the request path
-never waits on a probe.
+Each round makes exactly one request to /health and, when due (``versions_due``), one to
+/versions in parallel, each under the probe timeout and a body size cap; there is no retry
+loop inside a round (today's redirector makes five full round trips per check). Flaky
+answers are absorbed by the hysteresis in ``health.advance`` instead. A member that hangs,
+resets connections, trickles bytes or answers garbage only ever produces a failed
+``ProbeResult`` for itself: the request path never waits on a probe.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from federation.health import (
     parse_versions,
 )
 
-__all__ = ["Prober", "next_delay", "probe_delay", "probe_fetcher", "probe_member", "round_start"]
+__all__ = ["Prober", "next_delay", "probe_delay", "probe_fetcher", "probe_member", "round_start",
+           "versions_due"]
 
 log = structlog.get_logger("federation.probes")
 
@@ -85,39 +86,43 @@ async def probe_member(
     member: Member,
     settings: HealthSettings,
     *,
+    versions: bool = True,
     clock: Callable[[], float] = time.monotonic,
 ) -> ProbeResult:
     """One probe round of ``member``: never raises, failures become ``ProbeResult.error``.
 
     /health and /versions are fetched in parallel and judged apart, so /versions is kept
     even when /health fails — the prime's versions must stay current while it is sick.
+    ``versions=False`` fetches /health alone (``versions_due``).
     """
     started = clock()
     # One task for /versions while this one fetches /health: gather's two tasks and its
     # future cost a seventh of a round's instructions (benchmarks/instructions.py).
     versions_fetch = asyncio.ensure_future(
-        _answer(fetcher, member.versions_url, parse_versions, settings))
+        _answer(fetcher, member.versions_url, parse_versions, settings)) if versions else None
     health: HealthReport | Exception
-    versions: Versions | Exception
+    versions_got: Versions | Exception | None = None
     try:
         try:
             health = await _answer(fetcher, member.health_url, parse_health, settings)
         except Exception as e:
             health = e
-        try:
-            versions = await versions_fetch
-        except Exception as e:
-            versions = e
+        if versions_fetch is not None:
+            try:
+                versions_got = await versions_fetch
+            except Exception as e:
+                versions_got = e
     finally:
-        versions_fetch.cancel()  # this round was cancelled: so is its /versions fetch
+        if versions_fetch is not None:
+            versions_fetch.cancel()  # this round was cancelled: so is its /versions fetch
     health_error = _failure(health, member, "health")
-    versions_error = _failure(versions, member, "versions")
+    versions_error = _failure(versions_got, member, "versions")
     error = health_error or (versions_error and f"/versions: {versions_error}")
     return ProbeResult(
         at=started,
         latency=clock() - started,
         health=health if isinstance(health, HealthReport) else None,
-        versions=versions if isinstance(versions, Versions) else None,
+        versions=versions_got if isinstance(versions_got, Versions) else None,
         error=error,
     )
 
@@ -152,6 +157,23 @@ def probe_delay(health: MemberHealth | None, settings: HealthSettings, rng: rand
                       healthy=health.state is not State.UNHEALTHY, rng=rng)
 
 
+def versions_due(health: MemberHealth | None, settings: HealthSettings, now: float, *,
+                 prime: bool) -> bool:
+    """Whether a member's next round fetches /versions as well as /health.
+
+    Versions change only on deploys, and fetching them every round was a third of what
+    probing a hundred members every second cost. So a member in rotation is asked every
+    ``versions_interval``. The prime is asked every round: its versions are the reference
+    every other member is judged on, and a stale reference once starved a federation for
+    hours. So is a member that is unknown, out (it may be waiting to clear a version
+    skew) or has never answered /versions.
+    """
+    if (prime or health is None or health.state is not State.HEALTHY
+            or health.versions_at is None):
+        return True
+    return now - health.versions_at >= settings.versions_interval
+
+
 ROUND_TICK = 0.05  # seconds: rounds start on this grid at most (see ``round_start``)
 
 
@@ -173,7 +195,9 @@ class Prober:
 
     Results go to ``on_result`` (the runtime), which decides what they mean. The next delay
     is asked of ``delay_for`` (``probe_delay`` over the runtime's view of the member), so
-    whether it is failing sets the pace.
+    whether it is failing sets the pace; likewise ``wants_versions`` (``versions_due``)
+    says whether a round fetches /versions. The first round of a new or changed member
+    always does.
     """
 
     def __init__(
@@ -181,10 +205,12 @@ class Prober:
         fetcher: Fetcher,
         on_result: ResultCallback,
         delay_for: Callable[[str, HealthSettings], float],
+        wants_versions: Callable[[str, HealthSettings], bool],
     ) -> None:
         self._fetcher = fetcher
         self._on_result = on_result
         self._delay_for = delay_for
+        self._wants_versions = wants_versions
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._targets: dict[str, _Target] = {}
         self._wake: dict[str, asyncio.Event] = {}
@@ -211,9 +237,13 @@ class Prober:
                 self._wake[name].set()  # probe a changed member now, not after its old delay
 
     async def _loop(self, name: str) -> None:
+        last: _Target | None = None
         while name in self._targets:
             target = self._targets[name]
-            result = await probe_member(self._fetcher, target.member, target.settings)
+            versions = target is not last or self._wants_versions(name, target.settings)
+            last = target
+            result = await probe_member(self._fetcher, target.member, target.settings,
+                                        versions=versions)
             if self._targets.get(name) is not target:
                 continue  # the member changed during the round: probe the new one
             try:

@@ -127,7 +127,9 @@ class RouterState:
             return
         prev = self.healths.get(name, MemberHealth())
         prime = self.config.prime
-        prime_versions = result.versions if member.prime else self._prime_versions(prime.name)
+        prime_versions = self._prime_versions(prime.name)
+        if member.prime and result.versions is not None:
+            prime_versions = result.versions
         settings = self.config.health
         new = advance(prev, result, policy=settings.versions, prime_versions=prime_versions,
                       failures_to_eject=settings.failures_to_eject,

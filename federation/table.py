@@ -192,13 +192,26 @@ class RoutingTable:
             return Decision(self.routable[0], self.reason)
         if self.has_room(ranking[0], sent):  # nearly every launch
             return self._homes.get(launch.key) or self._home_decision(launch.key, ranking)
-        for name in ranking[1:]:  # bounded loads: the first member down the ranking with room
-            if self.has_room(name, sent):
-                return Decision(self.by_name[name], self.reason if self.panic else "spill-over",
-                                ranking)
+        name = self.spill_over(ranking, sent)
+        if name is not None:
+            return Decision(self.by_name[name], self.spill_reason, ranking)
         # everyone is at their bound: the home member takes it anyway
         return Decision(self.by_name[ranking[0]], self.reason if self.panic else "fallback",
                         ranking)
+
+    def spill_over(self, ranking: tuple[str, ...], sent: SentLaunches) -> str | None:
+        """Under bounded loads, the member a launch goes to when its home (``ranking[0]``)
+        has no room: the first one down the ranking with room, or None when all are full."""
+        has_room = self.has_room
+        for name in ranking[1:]:
+            if has_room(name, sent):
+                return name
+        return None
+
+    @cached_property
+    def spill_reason(self) -> RedirectReason:
+        """Why a launch goes to a member below its home: spill-over, or panic."""
+        return self.reason if self.panic else "spill-over"
 
     @cached_property
     def _random(self) -> bool:

@@ -36,6 +36,7 @@ FAST_HEALTH: dict[str, Any] = {
     "failures_to_eject": 2,
     "successes_to_restore": 2,
     "max_backoff": 0.2,
+    "versions_interval": 0.05,  # every round, as tests of skew expect; its own tests set it
     "startup_timeout": 3,
 }
 

@@ -5,6 +5,7 @@ the UI member. No sockets, no clocks: every input is built here."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -197,6 +198,17 @@ class TestVersionPolicy:
     def test_unknown_prime_versions_admit_everyone(self) -> None:
         """Until the prime answers, members are admitted (start-up must not wait for it)."""
         assert versions_match(VersionPolicy.EXACT, versions("9"), None)
+
+    def test_a_round_without_versions_is_judged_on_the_last_ones(self) -> None:
+        """/versions is not asked every round: a round without it keeps the member's last
+        versions (and when they came) and is judged on them."""
+        prev = step(MemberHealth(), passed(at=5.0, v=versions("1.0")))
+        health_only = replace(passed(at=10.0), versions=None)
+        kept = step(prev, health_only, eject=1, prime=versions("1.0"))
+        assert kept.state is State.HEALTHY
+        assert (kept.versions, kept.versions_at) == (versions("1.0"), 5.0)
+        skewed = step(prev, health_only, eject=1, prime=versions("2.0"))
+        assert (skewed.state, skewed.reason) == (State.UNHEALTHY, "versions")
 
     def test_skew_is_the_reason_when_health_is_fine(self) -> None:
         """A healthy answer with other versions fails as "versions"; sickness wins over skew."""

@@ -13,6 +13,7 @@ import asyncio
 import random
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,7 +25,14 @@ from structlog.testing import capture_logs
 from federation.config import HealthSettings, Member, VersionPolicy, parse_config
 from federation.demo import MemberControls
 from federation.drains import FileDrainStore, with_drain
-from federation.health import MemberHealth, ProbeResult, State, advance, parse_health
+from federation.health import (
+    MemberHealth,
+    ProbeResult,
+    State,
+    advance,
+    parse_health,
+    parse_versions,
+)
 from federation.probes import (
     ROUND_TICK,
     next_delay,
@@ -32,6 +40,7 @@ from federation.probes import (
     probe_fetcher,
     probe_member,
     round_start,
+    versions_due,
 )
 from federation.runtime import RouterState
 from federation.table import MemberStatus
@@ -97,6 +106,29 @@ def _round(at: float, ok: bool) -> ProbeResult:
         return ProbeResult(at=at, latency=0.0, error="unreachable")
     report = parse_health(200, b'{"ok": true, "checks": []}')
     return ProbeResult(at=at, latency=0.0, health=report)
+
+
+class TestVersionsDue:
+    SETTINGS = HealthSettings(interval=1, versions_interval=60)
+    FETCHED = MemberHealth(state=State.HEALTHY, versions=parse_versions(
+        200, b'{"binderhub": "1.0", "builder": "r2d:1"}'), versions_at=100.0)
+
+    def test_a_member_in_rotation_is_asked_once_per_versions_interval(self) -> None:
+        """Versions change on deploys only: a member in rotation is asked again once
+        ``versions_interval`` has passed since its last answer, not every round."""
+        assert not versions_due(self.FETCHED, self.SETTINGS, 159.9, prime=False)
+        assert versions_due(self.FETCHED, self.SETTINGS, 160.0, prime=False)
+
+    def test_the_prime_and_members_out_or_unknown_are_asked_every_round(self) -> None:
+        """The prime is the reference, and a member out of rotation may be waiting to clear
+        a skew: both are asked every round, as is one without any versions yet."""
+        assert versions_due(self.FETCHED, self.SETTINGS, 101.0, prime=True)
+        for state in (State.UNKNOWN, State.UNHEALTHY):
+            assert versions_due(replace(self.FETCHED, state=state), self.SETTINGS, 101.0,
+                                prime=False)
+        never = replace(self.FETCHED, versions=None, versions_at=None)
+        assert versions_due(never, self.SETTINGS, 101.0, prime=False)
+        assert versions_due(None, self.SETTINGS, 101.0, prime=False)
 
 
 class TestDelays:
@@ -191,6 +223,43 @@ async def test_a_probe_round_is_one_health_and_one_versions_request(
         assert requests_to(fed, name, "/health") == 1
         assert requests_to(fed, name, "/versions") == 1
     assert fed.state.table.by_name["b"].status is MemberStatus.UNHEALTHY
+
+
+async def test_versions_are_asked_each_round_of_the_prime_and_each_interval_of_others(
+    start_federation: StartFederation,
+) -> None:
+    """With ``versions_interval`` far above the probe interval, a member in rotation is
+    asked /versions once while its /health is asked round after round; the prime, the
+    reference, every round. A member whose entry changes is asked again at once."""
+    fed = await start_federation(["a", "b"], health={"versions_interval": 3600})
+    await probed_more(fed, "b", 4)
+    assert requests_to(fed, "b", "/health") >= 5
+    assert requests_to(fed, "b", "/versions") == 1
+    await fed.wait_for(lambda: requests_to(fed, "a", "/versions") >= 5)
+    doc = dict(fed.config_doc)
+    doc["members"] = [dict(m, weight=m["weight"] + 1) if m["name"] == "b" else m
+                      for m in doc["members"]]
+    fed.write_config(doc)
+    await fed.wait_for(lambda: requests_to(fed, "b", "/versions") == 2)
+    await probed_more(fed, "b", 3)
+    assert requests_to(fed, "b", "/versions") == 2
+
+
+async def test_a_skew_is_seen_within_versions_interval_and_cleared_round_by_round(
+    start_federation: StartFederation,
+) -> None:
+    """A member in rotation that deploys other versions is ejected as "versions" once it
+    is asked again, and rounds between are judged on the versions it last gave; out of
+    rotation it is asked every round, so it rejoins as soon as it matches the prime."""
+    fed = await start_federation(["a", "b"], health={"versions_interval": 0.5})
+    b = fed.members["b"].controls
+    b.binderhub = "9.9.9"
+    asked = requests_to(fed, "b", "/versions")
+    await fed.wait_status("b", "unhealthy")
+    assert fed.state.table.by_name["b"].reason == "versions"
+    assert requests_to(fed, "b", "/versions") == asked + 1
+    b.binderhub = fed.members["a"].controls.binderhub
+    await fed.wait_status("b", "healthy")
 
 
 async def test_a_cancelled_round_leaves_no_fetch_behind(

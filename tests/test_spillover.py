@@ -146,3 +146,24 @@ async def test_each_member_a_target_is_sent_elsewhere_gets_its_own_redirect(
         response = await fed.launch(path, Cookie=f'host="{fed.members["c"].url}"')
         assert response.headers["Location"] == sticky.headers["Location"]
         assert f'host="{fed.members["c"].url}"' in response.headers["Set-Cookie"]
+
+
+async def test_a_target_follows_its_spill_over_when_that_member_fills_up(
+    start_federation: StartFederation,
+) -> None:
+    """The router keeps a target's last spill-over redirect, but never past its use: when
+    the member it spilled to has no room left, the next launch goes further down the
+    ranking, with that member's own Location and cookie."""
+    fed = await start_federation(
+        {"a": MemberControls(extra_pods=30),  # far over its bound ceil(1.25·31/3) = 13
+         "b": MemberControls(quota=12),  # headroom 10: room for two launches
+         "c": MemberControls()},
+        weights={"a": 10, "b": 10, "c": 10}, health=SLOW_PROBES)
+    path = hot_repository(fed, ["a", "b", "c"])
+    responses = [await fed.launch(path) for _ in range(4)]
+    assert [fed.member_by_url(r.headers["Location"]) for r in responses] == ["b", "b", "c", "c"]
+    third = responses[2]
+    assert third.headers["Location"].startswith(fed.members["c"].url + "/build/")
+    assert f'host="{fed.members["c"].url}"' in third.headers["Set-Cookie"]
+    assert await redirects(fed, "b", "spill-over") == 2
+    assert await redirects(fed, "c", "spill-over") == 2
