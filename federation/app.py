@@ -106,8 +106,8 @@ class _Answer:
     """A launch target's parsed key, its home redirect (None under random placement), and
     its redirect to the member it last spilled over to.
 
-    ``spill`` is kept because a spill-over made fresh cost about twice a home launch in the
-    server (its code and data are cold), and a target whose home is at its bound spills
+    ``spill`` is kept because a spill-over made fresh cost two to three times a home launch
+    in the server (its code and data are cold), and a target whose home is at its bound spills
     to the same member launch after launch; it is replaced when the walk picks another.
     """
 

@@ -161,12 +161,12 @@ def versions_due(health: MemberHealth | None, settings: HealthSettings, now: flo
                  prime: bool) -> bool:
     """Whether a member's next round fetches /versions as well as /health.
 
-    Versions change only on deploys, and fetching them every round was a third of what
-    probing a hundred members every second cost. So a member in rotation is asked every
-    ``versions_interval``. The prime is asked every round: its versions are the reference
-    every other member is judged on, and a stale reference once starved a federation for
-    hours. So is a member that is unknown, out (it may be waiting to clear a version
-    skew) or has never answered /versions.
+    Versions change only on deploys, and fetching them every round was about a quarter of
+    what probing a hundred members every second cost an idle router. So a member in
+    rotation is asked every ``versions_interval``. The prime is asked every round: its
+    versions are the reference every other member is judged on, and a stale reference once
+    starved a federation for hours. So is a member that is unknown, out (it may be waiting
+    to clear a version skew) or has never answered /versions.
     """
     if (prime or health is None or health.state is not State.HEALTHY
             or health.versions_at is None):
