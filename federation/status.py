@@ -91,6 +91,9 @@ def _member(view: MemberView, h: MemberHealth, prime_versions: Versions | None,
             for c in (h.report.checks if h.report else ())
         ],
         "versions": versions,
+        # Fetched every ``versions_interval`` while in rotation: say how old they are.
+        "versions_ago_seconds": None if h.versions_at is None
+        else round(max(0.0, now_mono - h.versions_at), 1),
         # Judged as routing judges them (the federation's version policy), not byte for byte.
         "versions_match": None if h.versions is None or prime_versions is None
         else versions_match(policy, h.versions, prime_versions),
@@ -307,6 +310,8 @@ def _page_member(member: Mapping[str, Any], prime: Mapping[str, Any] | None,
         "drain_since": _since(drain["since"], now) if drain and drain["since"] else None,
         "probe_ago": (_ago(member["last_probe"]["ago_seconds"])
                       if member["last_probe"] else None),
+        "versions_ago": (_ago(member["versions_ago_seconds"])
+                         if member["versions_ago_seconds"] is not None else None),
     }
 
 

@@ -125,6 +125,20 @@ async def test_last_probe_is_live_between_routing_changes(
     assert later["at"] > first["at"]
 
 
+async def test_versions_say_how_old_they_are(start_federation: StartFederation) -> None:
+    """A member in rotation is asked /versions every ``versions_interval``, so the page
+    says how old the versions it shows are: a member's grow older while its probes stay
+    fresh; the prime's, asked every round, are as fresh as its last probe."""
+    fed = await start_federation(["a", "b"], health={"versions_interval": 3600})
+    b = fed.state.healths
+    await fed.wait_for(lambda: b["b"].last is not None and b["b"].versions_at is not None
+                       and b["b"].last.at - b["b"].versions_at >= 0.3)
+    members = {m["name"]: m for m in (await _document(fed))["members"]}
+    assert members["b"]["versions_ago_seconds"] >= members["b"]["last_probe"]["ago_seconds"] + 0.3
+    assert members["a"]["versions_ago_seconds"] == members["a"]["last_probe"]["ago_seconds"]
+    assert "as of 0 s ago" in await _page(fed)
+
+
 async def test_config_reload_error_is_shown_until_a_good_config_arrives(
     start_federation: StartFederation,
 ) -> None:
