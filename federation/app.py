@@ -23,7 +23,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from federation.config import Config, HealthSettings, load_config_text
+from federation.config import Config, HealthSettings, Member, load_config_text
 from federation.drains import parse_drains
 from federation.errors import ConfigError, LaunchPathError
 from federation.launch import LaunchKey, parse_launch
@@ -427,9 +427,9 @@ def _lifetime(
         def delay_for(name: str, settings: HealthSettings) -> float:
             return probe_delay(state.healths.get(name), settings, jitter_rng)
 
-        def wants_versions(name: str, settings: HealthSettings) -> bool:
-            return versions_due(state.healths.get(name), settings, time.monotonic(),
-                                prime=name == state.config.prime.name)
+        def wants_versions(member: Member, settings: HealthSettings) -> bool:
+            return versions_due(state.healths.get(member.name), settings, time.monotonic(),
+                                prime=member.prime)
 
         prober = Prober(fetcher, state.apply_probe, delay_for, wants_versions)
         state.on_config = lambda c: prober.reconcile(c.members, c.health)

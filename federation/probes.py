@@ -205,7 +205,7 @@ class Prober:
         fetcher: Fetcher,
         on_result: ResultCallback,
         delay_for: Callable[[str, HealthSettings], float],
-        wants_versions: Callable[[str, HealthSettings], bool],
+        wants_versions: Callable[[Member, HealthSettings], bool],
     ) -> None:
         self._fetcher = fetcher
         self._on_result = on_result
@@ -240,7 +240,8 @@ class Prober:
         last: _Target | None = None
         while name in self._targets:
             target = self._targets[name]
-            versions = target is not last or self._wants_versions(name, target.settings)
+            versions = target is not last or self._wants_versions(target.member,
+                                                                  target.settings)
             last = target
             result = await probe_member(self._fetcher, target.member, target.settings,
                                         versions=versions)
