@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import math
 import os
 import resource
 import shutil
@@ -21,9 +22,12 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.workload import POOL, config_text
 
@@ -115,6 +119,26 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         raise RuntimeError(f"{self.name}: no VmRSS in /proc/{self.proc.pid}/status")
+
+    def spill_share(self) -> float:
+        """The share of the router's launch redirects so far that went below the
+        repository's home member (``federation_redirects_total``, reason ``spill-over``).
+
+        In these benchmarks spill-overs are an artefact (the simulated members never see the
+        launches sent to them), and how many there are depends on how the members' probes
+        happen to fall in time, so a comparison shows them beside its ratios.
+        """
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        by_reason: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name == "federation_redirects":
+                for sample in family.samples:
+                    if sample.name == "federation_redirects_total":
+                        reason = sample.labels["reason"]
+                        by_reason[reason] = by_reason.get(reason, 0.0) + sample.value
+        total = sum(by_reason.values())
+        return by_reason.get("spill-over", 0.0) / total if total else math.nan
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not end within 10 s."""

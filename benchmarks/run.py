@@ -298,8 +298,12 @@ def probing(connections: str, churn: bool, paired: bool, runs: int, duration: fl
             plan = _Plan(_counts(connections), runs, duration, warmup, attempts, limits,
                          server_cores, load_cores)
             first, middle, last = contenders
-            _report_pairs(title, [(first, middle), (middle, last), (first, last)], plan,
-                          loop=loop, save=save)
+            # The control: two identical routers, so the method's own bias and spread show
+            # in the same run as the comparisons.
+            again = partial(harness.router, f"{small}, again", workdir, urls[:3],
+                            interval=10.0, loop=loop, cores=server_cores)
+            _report_pairs(title, [(first, again), (first, middle), (middle, last),
+                                  (first, last)], plan, loop=loop, save=save)
             return
         _report(title, contenders, small, connections=_counts(connections), runs=runs,
                 duration=duration, warmup=warmup, attempts=attempts, limits=limits,
@@ -338,7 +342,8 @@ def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan
     click.echo(f"{title}, paired: {plan.runs} runs of {plan.duration:g} s per pair and "
                f"level, loop {loop}, load by {_loadgen_name()}", err=True)
     lines = ["| connections | baseline | compared | rounds counted | req/s ÷ baseline | "
-             "per round | CPU µs/req ÷ baseline |", "|---:|---|---|---:|---:|---|---:|"]
+             "per round | CPU µs/req ÷ baseline | spilled: baseline, compared |",
+             "|---:|---|---|---:|---:|---|---:|---:|"]
     results: list[Run] = []
     missing = False
     for start_base, start_other in pairs:
@@ -355,10 +360,12 @@ def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan
                 ratios = _ratios(o, b, "rps")
                 missing |= not ratios
                 spread = f"{min(ratios):.2f}–{max(ratios):.2f}" if ratios else "n/a"
+                spilled = ", ".join(_fmt(100 * s.spill_share(), ".1f") + " %"
+                                    for s in servers)
                 lines.append(f"| {conns} | {base.name} | {other.name} | "
                              f"{len(ratios)}/{plan.runs} | "
                              f"{_fmt(_paired(o, b, 'rps'), '.3f')} | {spread} | "
-                             f"{_fmt(_paired(o, b, 'cpu_us'), '.3f')} |")
+                             f"{_fmt(_paired(o, b, 'cpu_us'), '.3f')} | {spilled} |")
     click.echo(f"\n{title}, paired (event loop: {loop}; two routers at once on the server "
                f"core, each with a load generator and half the connections; ratios: median "
                f"over rounds)\n")
@@ -366,7 +373,10 @@ def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan
     click.echo("\nEach router has half the core here, so work it does whatever the load "
                "(probing) takes twice the share of its throughput it takes of a whole core; "
                "costs per launch show as they are. A ratio here is a lower bound on the "
-               "whole-core one.")
+               "whole-core one. The first pair is a control of two identical routers: how far "
+               "its ratio is from 1 is how far the method can be off. \"Spilled\" is the share "
+               "of each router's launches (warm-up included) sent below their home member, "
+               "an artefact of members that never see the launches sent to them.")
     if save is not None:
         save.write_text(json.dumps({"title": title, "loop": loop, "paired": True,
                                     "runs": [asdict(r) for r in results]}, indent=1))
