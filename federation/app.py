@@ -98,7 +98,8 @@ class _Redirect:
 
     member: str
     headers: CIMultiDict[str]
-    count: Callable[[], None]  # counts one launch sent there (``RouterState.launch_counter``)
+    slot: int  # the member's in ``RouterState.sent``
+    tally: int  # (member, reason)'s in the redirect metrics (``RouterState.count_launch``)
 
 
 @dataclass(slots=True)
@@ -124,8 +125,10 @@ class _Launcher:
         self.rng = rng
         self.metrics = state.metrics
         self._latency = state.metrics.route_latency["launch"]
-        self._counters: dict[tuple[str, str], Callable[[], None]] = {}
+        self._count = state.count_launch
         self._answers: dict[str, _Answer] = {}
+        self._table = state.table  # the snapshot ``_room`` was made for
+        self._room = state.table.room(state.sent)
         # What the answers were made under: they hold while these are the same objects.
         self._ranker: Callable[[str], tuple[str, ...]] | None = None
         self._config: Config | None = None
@@ -154,6 +157,8 @@ class _Launcher:
             if (table.ranker is not self._ranker or table.config is not self._config
                     or table.reason is not self._reason):
                 self._start_over(table)
+            if table is not self._table:
+                self._table, self._room = table, table.room(self.state.sent)
             answer = self._answers.get(request.raw_path)
             if answer is None:
                 try:
@@ -163,19 +168,16 @@ class _Launcher:
                     return _refusal(request, e.status, e.reason)
             home, cookie = answer.home, request.headers.get(hdrs.COOKIE)
             if home is not None and (cookie is None or "host" not in cookie):
-                sent = self.state.sent
-                if table.has_room(home.member, sent):
-                    return self._redirect(home.count, home.headers, answer.launch, home.member,
-                                          table.reason)
-                name = table.spill_over(table.ranker(answer.launch.key), sent)
+                if self._room(home.slot):
+                    return self._redirect(home, answer.launch, table.reason)
+                name = table.spill_over(table.ranker(answer.launch.key), self.state.sent)
                 if name is not None:
                     spill = answer.spill
                     if spill is None or spill.member != name:
                         spill = answer.spill = self._redirect_to(
                             name, request_target(request), answer.launch, table,
                             table.spill_reason)
-                    return self._redirect(spill.count, spill.headers, answer.launch, name,
-                                          table.spill_reason)
+                    return self._redirect(spill, answer.launch, table.spill_reason)
             sticky = request.cookies.get("host") if cookie else None
             decision = table.route(answer.launch, cookie=sticky, sent=self.state.sent,
                                    rng=self.rng)
@@ -183,12 +185,12 @@ class _Launcher:
                 self.metrics.no_member.inc()
                 return _refusal(request, 503, "No member of the federation can take launches "
                                 "right now. Please try again in a minute.", {"Retry-After": "30"})
-            member = decision.member
-            headers = (home.headers if home is not None and member.name == home.member
-                       else _redirect_headers(member.url, request_target(request),
+            name, reason = decision.member.name, decision.reason
+            headers = (home.headers if home is not None and name == home.member
+                       else _redirect_headers(decision.member.url, request_target(request),
                                               answer.launch, table.config))
-            return self._redirect(self._counter(member.name, decision.reason), headers,
-                                  answer.launch, member.name, decision.reason)
+            return self._redirect(self._redirect_with(name, headers, reason), answer.launch,
+                                  reason)
         finally:
             self._latency.observe(time.perf_counter() - started)
 
@@ -214,27 +216,24 @@ class _Launcher:
     def _redirect_to(self, name: str, target: str, launch: LaunchKey, table: RoutingTable,
                      reason: str) -> _Redirect:
         """The redirect of ``target`` to member ``name``, ready to send again."""
-        return _Redirect(name, _redirect_headers(table.by_name[name].url, target, launch,
-                                             table.config), self._counter(name, reason))
+        return self._redirect_with(name, _redirect_headers(table.by_name[name].url, target,
+                                                           launch, table.config), reason)
 
-    def _redirect(self, count: Callable[[], None], headers: CIMultiDict[str],
-                  launch: LaunchKey, member: str, reason: str) -> web.StreamResponse:
+    def _redirect_with(self, name: str, headers: CIMultiDict[str], reason: str) -> _Redirect:
+        return _Redirect(name, headers, self.state.sent.slot(name),
+                         self.metrics.launches.slot(name, reason))
+
+    def _redirect(self, redirect: _Redirect, launch: LaunchKey,
+                  reason: str) -> web.StreamResponse:
         """Count the launch, sample the access log, and answer 307."""
-        count()
+        self._count(redirect.slot, redirect.tally)
         if self._log_rate and self.rng.random() < self._log_rate:
-            access_log.info("launch", key=launch.key, member=member, reason=reason)
+            access_log.info("launch", key=launch.key, member=redirect.member, reason=reason)
         # A body-less StreamResponse: web.Response would add its body and compression
         # handling, which a redirect never uses, to every launch.
-        response = web.StreamResponse(status=307, headers=headers)
+        response = web.StreamResponse(status=307, headers=redirect.headers)
         response.content_length = 0
         return response
-
-    def _counter(self, member: str, reason: str) -> Callable[[], None]:
-        """The launch counter for (member, reason), made once."""
-        count = self._counters.get((member, reason))
-        if count is None:
-            count = self._counters[member, reason] = self.state.launch_counter(member, reason)
-        return count
 
 
 class _Subtree(web.PlainResource):

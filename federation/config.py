@@ -287,8 +287,8 @@ class Member(_Strict, frozen=True):
 class Config(_Strict, frozen=True, dict=True):
     """A whole, validated federation description; never mutated, replaced on reload."""
 
-    # dict=True gives the instance a __dict__, where functools.cached_property keeps _by_name;
-    # sections are made by factories, as Routing's default holds a Headroom (see there).
+    # dict=True gives the instance a __dict__, where functools.cached_property keeps _by_name
+    # and prime; sections are made by factories, as Routing's default holds a Headroom.
     members: Annotated[tuple[Member, ...], Meta(min_length=1)]
     routing: Routing = msgspec.field(default_factory=Routing)
     health: HealthSettings = msgspec.field(default_factory=HealthSettings)
@@ -298,9 +298,10 @@ class Config(_Strict, frozen=True, dict=True):
     source: str = "<config>"
     format: Literal["router", "redirector"] = "router"
 
-    @property
+    @functools.cached_property
     def prime(self) -> Member:
-        """The member that serves the UI while it is healthy, and the versions reference."""
+        """The member that serves the UI while it is healthy, and the versions reference
+        (found once: every probe result and every table rebuild asks)."""
         return next(m for m in self.members if m.prime)
 
     def member(self, name: str) -> Member | None:

@@ -18,8 +18,9 @@ Each router owns its registry, so several routers (tests, workers) never share s
 from __future__ import annotations
 
 import contextlib
+from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -76,19 +77,24 @@ class _LaunchTally(Collector):
     """
 
     def __init__(self) -> None:
-        self.redirects: dict[tuple[str, str], int] = {}
+        self.counts: array[int] = array("q")  # per (member, reason) slot, see ``slot``
+        self._slots: dict[tuple[str, str], int] = {}
         self.latency = {kind: _LatencyHistogram() for kind in ("launch", "proxy", "other")}
 
-    def counter(self, member: str, reason: str) -> Callable[[], None]:
-        """A zero-argument function that counts one redirect to ``member`` for ``reason``."""
-        key = (member, reason)
-        counts = self.redirects
-        counts.setdefault(key, 0)
+    def slot(self, member: str, reason: str) -> int:
+        """The index in ``counts`` where redirects to ``member`` for ``reason`` are counted;
+        resolve once, then count with ``counts[slot] += 1``. An array, not a dict of ints,
+        for the reason ``SentLaunches`` gives."""
+        index = self._slots.get((member, reason))
+        if index is None:
+            index = self._slots[member, reason] = len(self.counts)
+            self.counts.append(0)
+        return index
 
-        def count() -> None:
-            counts[key] += 1
-
-        return count
+    @property
+    def redirects(self) -> dict[tuple[str, str], int]:
+        """Redirects so far per (member, reason) (a copy, for reading)."""
+        return {key: self.counts[index] for key, index in self._slots.items()}
 
     def collect(self) -> Iterator[Metric]:
         doc = "Launch redirects per member and reason"
@@ -194,10 +200,6 @@ class Metrics:
         self._synced: dict[str, tuple[object, ...]] = {}
         self._numbers: dict[str, tuple[int | None, int | None]] = {}
         self.route_latency = self.launches.latency
-
-    def redirect_counter(self, member: str, reason: str) -> Callable[[], None]:
-        """A function counting redirects to ``member`` for ``reason``; resolve once, then call."""
-        return self.launches.counter(member, reason)
 
     def redirect_total(self, member: str, reason: str) -> int:
         """Redirects counted so far to ``member`` for ``reason``."""

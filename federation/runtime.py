@@ -63,6 +63,7 @@ class RouterState:
         self.drain_error: ConfigError | None = None
         self.rejection: ConfigRejection | None = None
         self.sent = SentLaunches()  # launches the table's pod counts do not include yet
+        self._tallies = self.metrics.launches.counts
         self.routable_since: dict[str, float] = {}
         # Launch totals per member noted every _BUCKET seconds; the oldest is the baseline.
         self.recent: deque[tuple[float, Counter[str]]] = deque([(self.started, Counter())])
@@ -179,19 +180,14 @@ class RouterState:
 
     # -- request path -----------------------------------------------------------------------
 
-    def launch_counter(self, member: str, reason: str) -> Callable[[], None]:
-        """A function counting one launch sent to ``member`` for ``reason``, where both
-        counts live: ``sent`` (bounded loads, until a table shows a later probe) and the
-        redirect metrics. Made once per pair, called per launch."""
-        sent, count = self.sent, self.metrics.redirect_counter(member, reason)
-        counts = sent.counts
-
-        def launched() -> None:  # ``SentLaunches.add``, inlined: this runs for every launch
-            counts[member] = counts.get(member, 0) + 1
-            sent.total += 1
-            count()
-
-        return launched
+    def count_launch(self, slot: int, tally: int) -> None:
+        """One launch sent, counted where both counts live: ``sent`` at the member's
+        ``slot`` (bounded loads, until a table shows a later probe) and the redirect metrics
+        at ``tally`` (``Metrics.launches.slot(member, reason)``). Called per launch."""
+        sent = self.sent
+        sent.by_slot[slot] += 1  # ``SentLaunches.add``, inlined: this runs for every launch
+        sent.total += 1
+        self._tallies[tally] += 1
 
     def _launch_totals(self) -> Counter[str]:
         totals: Counter[str] = Counter()

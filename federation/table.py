@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -35,7 +36,6 @@ RANK_CACHE_ENTRIES = 262_144  # member names kept over all of them (about 2 MiB)
 RedirectReason = Literal["cookie", "load_balancer", "spill-over", "fallback", "panic"]
 
 
-@dataclass(slots=True)
 class SentLaunches:
     """Launches sent per member that the routing table's pod counts do not include yet.
 
@@ -44,38 +44,82 @@ class SentLaunches:
     what it covers (``probed``) and the swap takes it off (``settle``): between the two, the
     old count plus everything sent still holds, and after, the new count plus what was sent
     since the probe. Bounded loads need the total for every launch; a running total costs
-    one addition per launch where summing a hundred members' counts cost a loop. Change it
-    only through the methods (or as the launch counter does, both at once).
+    one addition per launch where summing a hundred members' counts cost a loop.
+
+    Counts live in one array, a slot per member name (``slot``), not in a dict of ints:
+    with a hundred members a launch then reads and writes a few bytes of memory that every
+    launch touches, where a dict entry and an int object per member fell out of the caches
+    between two launches to the same member (``benchmarks/``; README, Performance). Change
+    counts only through the methods, or as ``RouterState.count_launch`` does, both at once.
     """
 
-    counts: dict[str, int] = field(default_factory=dict)
-    total: int = field(init=False)
-    covered: dict[str, int] = field(default_factory=dict)  # per member, by a probe not shown yet
+    __slots__ = ("_covered", "_slots", "by_slot", "total")
 
-    def __post_init__(self) -> None:
-        self.total = sum(self.counts.values())
+    def __init__(self, counts: Mapping[str, int] | None = None) -> None:
+        self._slots: dict[str, int] = {}
+        self.by_slot: array[int] = array("q")
+        self.total = 0
+        self._covered: dict[str, int] = {}  # per member, by a probe the table does not show
+        for name, count in (counts or {}).items():
+            self.by_slot[self.slot(name)] = count
+            self.total += count
+
+    def slot(self, name: str) -> int:
+        """``name``'s index in ``by_slot``, given on first use and kept for good."""
+        index = self._slots.get(name)
+        if index is None:
+            index = self._slots[name] = len(self.by_slot)
+            self.by_slot.append(0)
+        return index
+
+    @property
+    def slots(self) -> Mapping[str, int]:
+        """Every slot given so far, by member name (read only)."""
+        return self._slots
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """The count per member name (a copy, for reading)."""
+        return {name: self.by_slot[index] for name, index in self._slots.items()}
 
     def add(self, name: str) -> None:
         """One more launch sent to ``name``."""
-        self.counts[name] = self.counts.get(name, 0) + 1
+        self.by_slot[self.slot(name)] += 1
         self.total += 1
 
     def probed(self, name: str) -> None:
         """``name`` reported pods that include every launch sent to it so far."""
-        self.covered[name] = self.counts.setdefault(name, 0)
+        self._covered[name] = self.by_slot[self.slot(name)]
 
     def settle(self) -> None:
         """The table now shows every probe's pods: drop the launches they include."""
-        counts = self.counts
-        for name, done in self.covered.items():
-            counts[name] -= done
+        by_slot, slots = self.by_slot, self._slots
+        for name, done in self._covered.items():
+            by_slot[slots[name]] -= done
             self.total -= done
-        self.covered.clear()
+        self._covered.clear()
 
     def forget(self, name: str) -> None:
-        """``name`` left the config."""
-        self.total -= self.counts.pop(name, 0)
-        self.covered.pop(name, None)
+        """``name`` left the config (its slot stays, at zero, should it come back)."""
+        index = self._slots.get(name)
+        if index is not None:
+            self.total -= self.by_slot[index]
+            self.by_slot[index] = 0
+        self._covered.pop(name, None)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SentLaunches):
+            return NotImplemented
+        return (self._nonzero() == other._nonzero() and self.total == other.total
+                and self._covered == other._covered)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"SentLaunches({self._nonzero()}, covered={self._covered})"
+
+    def _nonzero(self) -> dict[str, int]:
+        return {name: count for name, count in self.counts.items() if count}
 
 
 _NOTHING_SENT = SentLaunches()
@@ -202,9 +246,9 @@ class RoutingTable:
     def spill_over(self, ranking: tuple[str, ...], sent: SentLaunches) -> str | None:
         """Under bounded loads, the member a launch goes to when its home (``ranking[0]``)
         has no room: the first one down the ranking with room, or None when all are full."""
-        has_room = self.has_room
+        room, slots = self.room(sent), sent.slots  # ``room`` gave every live member a slot
         for name in ranking[1:]:
-            if has_room(name, sent):
+            if room(slots[name]):
                 return name
         return None
 
@@ -239,41 +283,72 @@ class RoutingTable:
         ranking = self.ranker(key)
         return ranking[0] if ranking else None
 
-    @cached_property
-    def has_room(self) -> Callable[[str, SentLaunches], bool]:
-        """``has_room(name, sent)``: whether member ``name`` is below its bounded-load bound
-        and its capacity, given ``sent``, the launches sent per member since their last
-        probes. Always true without bounded loads.
+    def has_room(self, name: str, sent: SentLaunches) -> bool:
+        """Whether member ``name`` is below its bounded-load bound and its capacity, given
+        ``sent``, the launches sent per member since their last probes. Always true without
+        bounded loads.
 
         ``route`` asks it member by member down a key's ranking, as ``bounded_choice``
-        walks (the same decisions: tests/test_table_route.py), and the launch handler asks
-        it of a repository's home member for nearly every launch. So what is fixed for the
-        snapshot is gathered once: per launch it is a few lookups and no lists.
+        walks (the same decisions: tests/test_table_route.py).
         """
-        if self.config.routing.strategy is not Strategy.BOUNDED:
-            return _always
-        live = [c for c in self._candidates.values() if c.weight > 0]  # as ``order`` ranks
-        homes = {c.name: (c.load, math.inf if c.capacity is None else c.capacity, c.weight)
-                 for c in live}
-        reported, total_weight = sum(c.load for c in live), sum(c.weight for c in live)
-        uncounted = tuple(m.name for m in self.members if m.name not in homes)
-        load_factor, floor = self.config.routing.load_factor, self.config.routing.bound_floor
+        return self.room(sent)(sent.slot(name))
 
-        def has_room(name: str, sent: SentLaunches) -> bool:
-            pods, capacity, weight = homes[name]
-            counts = sent.counts
-            load = pods + counts.get(name, 0)
-            if load >= capacity:
+    def room(self, sent: SentLaunches) -> Callable[[int], bool]:
+        """``has_room`` by the member's slot in ``sent``: the launch handler asks it of a
+        repository's home member for nearly every launch.
+
+        What is fixed for the snapshot is gathered once, into arrays indexed like ``sent``'s
+        counts: per launch it is a few array reads, the same few bytes whichever member
+        it is, and no lists.
+        """
+        made = self._rooms
+        if made and made[0][0] is sent:
+            return made[0][1]
+        room = self._make_room(sent) if self._bounded else _always
+        made[:] = [(sent, room)]
+        return room
+
+    @cached_property
+    def _rooms(self) -> list[tuple[SentLaunches, Callable[[int], bool]]]:
+        """``room``'s last answer, with the ``sent`` it was made for (one in a router)."""
+        return []
+
+    @cached_property
+    def _bounded(self) -> bool:
+        return self.config.routing.strategy is Strategy.BOUNDED
+
+    def _make_room(self, sent: SentLaunches) -> Callable[[int], bool]:
+        live = [c for c in self._candidates.values() if c.weight > 0]  # as ``order`` ranks
+        names = {c.name for c in live}
+        # the walk counts the members it could choose, only: the others' launches are not
+        uncounted = tuple(sent.slot(m.name) for m in self.members if m.name not in names)
+        for c in live:
+            sent.slot(c.name)
+        size = len(sent.by_slot)
+        pods = array("q", bytes(8 * size))
+        capacity = array("d", bytes(8 * size))  # 0 for members not live: no room
+        weights = array("d", bytes(8 * size))
+        for c in live:
+            i = sent.slot(c.name)
+            pods[i], weights[i] = c.load, c.weight
+            capacity[i] = math.inf if c.capacity is None else c.capacity
+        reported, total_weight = sum(c.load for c in live), sum(c.weight for c in live)
+        load_factor, floor = self.config.routing.load_factor, self.config.routing.bound_floor
+        counts = sent.by_slot
+
+        def room(i: int) -> bool:
+            load = pods[i] + counts[i]
+            if load >= capacity[i]:
                 return False
             if load < floor:
                 return True
             total = reported + sent.total
-            for other in uncounted:  # the walk counts the members it could choose, only
-                total -= counts.get(other, 0)
+            for j in uncounted:
+                total -= counts[j]
             # ``load_bound``, inlined: this runs for every launch
-            return load < math.ceil(load_factor * (total + 1) * weight / total_weight)
+            return load < math.ceil(load_factor * (total + 1) * weights[i] / total_weight)
 
-        return has_room
+        return room
 
     @cached_property
     def reason(self) -> RedirectReason:
@@ -357,7 +432,7 @@ _RANKERS: dict[tuple[tuple[str, float], ...], Callable[[str], tuple[str, ...]]] 
 _RANKERS_KEPT = 4
 
 
-def _always(home: str, sent: SentLaunches) -> bool:
+def _always(slot: int) -> bool:
     return True
 
 
