@@ -115,6 +115,7 @@ class _Answer:
     launch: LaunchKey
     home: _Redirect | None
     spill: _Redirect | None = None
+    ranking: tuple[str, ...] = ()  # the key's, once it spilled: one lookup saved per spill
 
 
 class _Launcher:
@@ -170,7 +171,8 @@ class _Launcher:
             if home is not None and (cookie is None or "host" not in cookie):
                 if self._room(home.slot):
                     return self._redirect(home, answer.launch, table.reason)
-                name = table.spill_over(table.ranker(answer.launch.key), self.state.sent)
+                ranking = answer.ranking or self._ranking_of(answer, table)
+                name = table.spill_over(ranking, self.state.sent)
                 if name is not None:
                     spill = answer.spill
                     if spill is None or spill.member != name:
@@ -199,6 +201,12 @@ class _Launcher:
         self._answers = {}
         self._ranker, self._config, self._reason = table.ranker, table.config, table.reason
         self._log_rate = table.config.logging.access_log
+
+    @staticmethod
+    def _ranking_of(answer: _Answer, table: RoutingTable) -> tuple[str, ...]:
+        """The target's ranking, kept in its answer: answers live no longer than rankings."""
+        answer.ranking = table.ranker(answer.launch.key)
+        return answer.ranking
 
     def _answer(self, request: web.Request, table: RoutingTable) -> _Answer:
         """Parse a target and make its home redirect, kept while the rankings hold."""
