@@ -37,7 +37,9 @@ def test_fast_path_matches_bounded_choice(members: list[tuple[int, int, int | No
     sent = {f"m{i}": s for i, (_, _, _, s) in enumerate(members)}
     table = build_table(config, healths, {}, now=0.0)
     launch = parse_launch(f"/build/gh/org/repo-{repo}/HEAD")
-    decision = table.route(launch, sent=SentLaunches(sent))
+    # slots given in another order than the members', and one to a name the table lacks
+    launched = SentLaunches({"elsewhere": 0, **dict(reversed(list(sent.items())))})
+    decision = table.route(launch, sent=launched)
     if not table.routable:
         return
     ranking = table.ranking(launch.key)
