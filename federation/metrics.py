@@ -91,6 +91,11 @@ class _LaunchTally(Collector):
             self.counts.append(0)
         return index
 
+    def total(self, member: str, reason: str) -> int:
+        """Redirects so far to ``member`` for ``reason``."""
+        index = self._slots.get((member, reason))
+        return 0 if index is None else self.counts[index]
+
     @property
     def redirects(self) -> dict[tuple[str, str], int]:
         """Redirects so far per (member, reason) (a copy, for reading)."""
@@ -203,7 +208,7 @@ class Metrics:
 
     def redirect_total(self, member: str, reason: str) -> int:
         """Redirects counted so far to ``member`` for ``reason``."""
-        return self.launches.redirects.get((member, reason), 0)
+        return self.launches.total(member, reason)
 
     def sync(self, table: RoutingTable) -> None:
         """Make member gauges show ``table``; remove series of removed members or old reasons."""

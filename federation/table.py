@@ -123,9 +123,6 @@ class SentLaunches:
         return {name: count for name, count in self.counts.items() if count}
 
 
-_NOTHING_SENT = SentLaunches()
-
-
 class MemberStatus(StrEnum):
     """A member's state as on-call staff see it."""
 
@@ -231,7 +228,7 @@ class RoutingTable:
         if self._random:
             name = random_choice(self._weights, rng or random.Random())
             return Decision(self.by_name[name or self.routable[0].name], self.reason)
-        sent = _NOTHING_SENT if sent is None else sent
+        sent = SentLaunches() if sent is None else sent  # tools and tests: nothing sent
         ranking = self.ranker(launch.key)
         if not ranking:  # every routable member has weight 0: nothing ranks
             return Decision(self.routable[0], self.reason)
