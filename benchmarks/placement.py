@@ -6,12 +6,16 @@ so the parse cache and the table's ranking LRU answer (the steady state of a bus
 pays for the whole rendezvous ranking (BLAKE2b over every member).
 
 Each decision is timed on its own with ``perf_counter_ns`` and the timer's own cost is
-subtracted, so the median and p99 are of single decisions, not of batch averages.
+subtracted, so the median and p99 are of single decisions, not of batch averages. The
+decisions are made in rounds that visit every size in turn, so a busy moment of a shared
+machine hits all sizes alike; the median is the median of the rounds' medians, shown with
+their spread.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import random
 import statistics
 import time
@@ -35,9 +39,10 @@ class PlacementResult:
 
     members: int
     case: str
-    median_us: float
-    p99_us: float
+    median_us: float  # the median of the rounds' medians
+    p99_us: float  # over every decision of every round
     decisions: int
+    round_medians: tuple[float, ...] = ()
 
 
 def healthy_table(members: int) -> RoutingTable:
@@ -87,33 +92,45 @@ def _decider(table: RoutingTable) -> Callable[[str], object]:
     return decide
 
 
-def run_placement(*, decisions: int = 20_000,
-                  sizes: Sequence[int] = SIZES) -> list[PlacementResult]:
-    """Time ``decisions`` cached and ``decisions`` cold decisions for each federation size."""
+def run_placement(*, decisions: int = 20_000, sizes: Sequence[int] = SIZES,
+                  rounds: int = 5) -> list[PlacementResult]:
+    """Time ``decisions`` cached and ``decisions`` cold decisions for each federation size,
+    in ``rounds`` rounds that visit every size in turn."""
+    per_round = max(1, decisions // rounds)
+    deciders = {members: _decider(healthy_table(members)) for members in sizes}
+    cached = random_paths(per_round)
+    timings: dict[tuple[int, str], list[list[float]]] = {
+        (members, case): [] for members in sizes for case in ("cached", "cold")}
+    never_seen = itertools.count(10_000_000)  # repositories outside the pool, each used once
+    for _ in range(rounds):
+        for members in sizes:
+            decide = deciders[members]
+            for path in cached:  # warm both caches, as a router that has been up for a while
+                decide(path)  # (the cold decisions before this flushed them)
+            fresh = [launch_path(next(never_seen), "HEAD") for _ in range(per_round)]
+            for case, paths in (("cached", cached), ("cold", fresh)):
+                timings[members, case].append(measure(decide, paths))
     results = []
-    for members in sizes:
-        table = healthy_table(members)
-        decide = _decider(table)
-        cached = random_paths(decisions)
-        for path in cached:  # warm both caches, as a router that has been up for a while
-            decide(path)
-        fresh = [launch_path(10_000_000 + members * decisions + i, "HEAD")
-                 for i in range(decisions)]
-        for case, paths in (("cached", cached), ("cold", fresh)):
-            timings = measure(decide, paths)
-            q = statistics.quantiles(timings, n=100)
-            results.append(PlacementResult(members, case, statistics.median(timings), q[98],
-                                           len(timings)))
+    for (members, case), runs in timings.items():
+        medians = tuple(statistics.median(run) for run in runs)
+        q = statistics.quantiles([t for run in runs for t in run], n=100)
+        results.append(PlacementResult(members, case, statistics.median(medians), q[98],
+                                       sum(len(run) for run in runs), medians))
     return results
 
 
 def placement_table(results: Sequence[PlacementResult]) -> str:
     """The results as a Markdown table: one row per size, cached and cold side by side."""
     by_key = {(r.members, r.case): r for r in results}
-    lines = ["| members | cached: median µs | cached: p99 µs | cold: median µs | cold: p99 µs |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = ["| members | cached: median µs | rounds | cached: p99 µs | cold: median µs | "
+             "rounds | cold: p99 µs |", "|---:|---:|---|---:|---:|---|---:|"]
     for members in sorted({r.members for r in results}):
         hot, cold = by_key[(members, "cached")], by_key[(members, "cold")]
-        lines.append(f"| {members} | {hot.median_us:.2f} | {hot.p99_us:.2f} | "
-                     f"{cold.median_us:.2f} | {cold.p99_us:.2f} |")
+        lines.append(f"| {members} | {hot.median_us:.2f} | {_spread(hot)} | {hot.p99_us:.2f} | "
+                     f"{cold.median_us:.2f} | {_spread(cold)} | {cold.p99_us:.2f} |")
     return "\n".join(lines)
+
+
+def _spread(result: PlacementResult) -> str:
+    """The lowest and highest of the rounds' medians."""
+    return f"{min(result.round_medians):.2f}–{max(result.round_medians):.2f}"
