@@ -322,14 +322,12 @@ class RoutingTable:
         names = {c.name for c in live}
         # the walk counts the members it could choose, only: the others' launches are not
         uncounted = tuple(sent.slot(m.name) for m in self.members if m.name not in names)
-        for c in live:
-            sent.slot(c.name)
+        slots = [sent.slot(c.name) for c in live]  # before sizing: new members get one here
         size = len(sent.by_slot)
         pods = array("q", bytes(8 * size))
         capacity = array("d", bytes(8 * size))  # 0 for members not live: no room
         weights = array("d", bytes(8 * size))
-        for c in live:
-            i = sent.slot(c.name)
+        for i, c in zip(slots, live, strict=True):
             pods[i], weights[i] = c.load, c.weight
             capacity[i] = math.inf if c.capacity is None else c.capacity
         reported, total_weight = sum(c.load for c in live), sum(c.weight for c in live)
