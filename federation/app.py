@@ -105,17 +105,23 @@ class _Redirect:
 @dataclass(slots=True)
 class _Answer:
     """A launch target's parsed key, its home redirect (None under random placement), and
-    its redirect to the member it last spilled over to.
+    what its spill-overs need: the slots of the members ranked next, and redirects to the
+    last two members it spilled over to.
 
-    ``spill`` is kept because a spill-over made fresh cost two to three times a home launch
-    in the server (its code and data are cold), and a target whose home is at its bound spills
-    to the same member launch after launch; it is replaced when the walk picks another.
+    A spill-over made fresh cost two to three times a home launch in the server (its code
+    and data are cold). A target whose home is at its bound spills launch after launch,
+    mostly to the same member, and often back and forth between two as the first of them
+    reaches its own bound and falls below it again; so two are kept, the latest first.
     """
 
     launch: LaunchKey
     home: _Redirect | None
+    below: tuple[int, ...] | None = None  # slots of the next _SPILL_WALK ranked, once it spilled
     spill: _Redirect | None = None
-    ranking: tuple[str, ...] = ()  # the key's, once it spilled: one lookup saved per spill
+    spill_before: _Redirect | None = None
+
+
+_SPILL_WALK = 3  # members below the home a spill-over tries before ``route`` walks them all
 
 
 class _Launcher:
@@ -171,14 +177,13 @@ class _Launcher:
             if home is not None and (cookie is None or "host" not in cookie):
                 if self._room(home.slot):
                     return self._redirect(home, answer.launch, table.reason)
-                ranking = answer.ranking or self._ranking_of(answer, table)
-                name = table.spill_over(ranking, self.state.sent)
-                if name is not None:
+                below = answer.below
+                slot = table.spill_over(self._below(answer, table) if below is None else below,
+                                        self.state.sent)
+                if slot is not None:
                     spill = answer.spill
-                    if spill is None or spill.member != name:
-                        spill = answer.spill = self._redirect_to(
-                            name, request_target(request), answer.launch, table,
-                            table.spill_reason)
+                    if spill is None or spill.slot != slot:
+                        spill = self._spill_to(slot, answer, request, table)
                     return self._redirect(spill, answer.launch, table.spill_reason)
             sticky = request.cookies.get("host") if cookie else None
             decision = table.route(answer.launch, cookie=sticky, sent=self.state.sent,
@@ -202,11 +207,26 @@ class _Launcher:
         self._ranker, self._config, self._reason = table.ranker, table.config, table.reason
         self._log_rate = table.config.logging.access_log
 
-    @staticmethod
-    def _ranking_of(answer: _Answer, table: RoutingTable) -> tuple[str, ...]:
-        """The target's ranking, kept in its answer: answers live no longer than rankings."""
-        answer.ranking = table.ranker(answer.launch.key)
-        return answer.ranking
+    def _below(self, answer: _Answer, table: RoutingTable) -> tuple[int, ...]:
+        """The slots of the members ranked next below the target's home, kept in its answer
+        (answers live no longer than rankings). A few, not all: a hundred would cost a
+        kilobyte per target, and when they are all full ``route`` walks the rest."""
+        ranking = table.ranker(answer.launch.key)
+        answer.below = tuple(self.state.sent.slot(name)
+                             for name in ranking[1:1 + _SPILL_WALK])
+        return answer.below
+
+    def _spill_to(self, slot: int, answer: _Answer, request: web.Request,
+                  table: RoutingTable) -> _Redirect:
+        """The target's redirect to the member at ``slot``, made unless it is the one before."""
+        before = answer.spill_before
+        if before is not None and before.slot == slot:
+            answer.spill_before, answer.spill = answer.spill, before
+            return before
+        answer.spill_before = answer.spill
+        answer.spill = self._redirect_to(self.state.sent.name(slot), request_target(request),
+                                         answer.launch, table, table.spill_reason)
+        return answer.spill
 
     def _answer(self, request: web.Request, table: RoutingTable) -> _Answer:
         """Parse a target and make its home redirect, kept while the rankings hold."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property, lru_cache, partial
@@ -54,10 +54,11 @@ class SentLaunches:
     counts only through the methods, or as ``RouterState.count_launch`` does, both at once.
     """
 
-    __slots__ = ("_covered", "_slots", "by_slot", "total")
+    __slots__ = ("_covered", "_names", "_slots", "by_slot", "total")
 
     def __init__(self, counts: Mapping[str, int] | None = None) -> None:
         self._slots: dict[str, int] = {}
+        self._names: list[str] = []  # by slot
         self.by_slot: array[int] = array("q")
         self.total = 0
         self._covered: dict[str, int] = {}  # per member, by a probe the table does not show
@@ -71,12 +72,12 @@ class SentLaunches:
         if index is None:
             index = self._slots[name] = len(self.by_slot)
             self.by_slot.append(0)
+            self._names.append(name)
         return index
 
-    @property
-    def slots(self) -> Mapping[str, int]:
-        """Every slot given so far, by member name (read only)."""
-        return self._slots
+    def name(self, slot: int) -> str:
+        """The member name that has ``slot``."""
+        return self._names[slot]
 
     @property
     def counts(self) -> dict[str, int]:
@@ -234,22 +235,26 @@ class RoutingTable:
             return Decision(self.routable[0], self.reason)
         if self.has_room(ranking[0], sent):  # nearly every launch
             return self._homes.get(launch.key) or self._home_decision(launch.key, ranking)
-        name = self.spill_over(ranking, sent)
-        if name is not None:
-            return Decision(self.by_name[name], self.spill_reason, ranking)
+        slot = self.spill_over((sent.slot(name) for name in islice(ranking, 1, None)), sent)
+        if slot is not None:
+            return Decision(self.by_name[sent.name(slot)], self.spill_reason, ranking)
         # everyone is at their bound: the home member takes it anyway
         return Decision(self.by_name[ranking[0]], self.reason if self.panic else "fallback",
                         ranking)
 
-    def spill_over(self, ranking: tuple[str, ...], sent: SentLaunches) -> str | None:
-        """Under bounded loads, the member a launch goes to when its home (``ranking[0]``)
-        has no room: the first one down the ranking with room, or None when all are full."""
-        room, slots = self.room(sent), sent.slots  # ``room`` gave every live member a slot
-        # islice, not ranking[1:]: a slice of a hundred names touches every one of them
-        # (reference counts) where the walk usually stops at the second
-        for name in islice(ranking, 1, None):
-            if room(slots[name]):
-                return name
+    def spill_over(self, below: Iterable[int], sent: SentLaunches) -> int | None:
+        """Under bounded loads, where a launch goes when its home has no room: the first of
+        ``below`` (the slots in ``sent`` of the members under the home in the key's ranking,
+        best first) with room, or None when all are full.
+
+        By slot, not by name: the launch handler keeps a key's slots and its redirects by
+        slot, so a spilled launch costs no name lookups. ``room`` gave every live member,
+        so every ranked one, its slot.
+        """
+        room = self.room(sent)
+        for slot in below:
+            if room(slot):
+                return slot
         return None
 
     @cached_property

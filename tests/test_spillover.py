@@ -167,3 +167,46 @@ async def test_a_target_follows_its_spill_over_when_that_member_fills_up(
     assert f'host="{fed.members["c"].url}"' in third.headers["Set-Cookie"]
     assert await redirects(fed, "b", "spill-over") == 2
     assert await redirects(fed, "c", "spill-over") == 2
+
+
+async def test_spill_overs_that_alternate_between_two_members_each_get_their_own_redirect(
+    start_federation: StartFederation,
+) -> None:
+    """With its home over its bound, a target's launches fill the second-ranked member up
+    to that member's own bound, which grows with every launch, so they go back and forth
+    between the second and the third. Each launch goes where ``route`` decides for the
+    same counts, with that member's Location and cookie, though the router keeps only the
+    last two spill-over redirects of the target."""
+    fed = await start_federation(
+        {"a": MemberControls(extra_pods=30), "b": MemberControls(), "c": MemberControls()},
+        weights={"a": 10, "b": 10, "c": 10}, health=SLOW_PROBES)
+    path = hot_repository(fed, ["a", "b", "c"])
+    launch = parse_launch(path)
+    got = []
+    for _ in range(40):
+        decided = fed.state.table.route(launch, sent=fed.state.sent)
+        assert decided is not None
+        response = await fed.launch(path)
+        name = fed.member_by_url(response.headers["Location"])
+        assert name == decided.member.name
+        assert f'host="{fed.members[name].url}"' in response.headers["Set-Cookie"]
+        got.append(name)
+    turns = "".join(got).replace("bb", "b").replace("cc", "c").count("bcb")
+    assert got[0] == "b" and turns >= 2, got  # c's redirect was kept while b's was sent
+    assert await redirects(fed, "b", "spill-over") + await redirects(
+        fed, "c", "spill-over") == 40
+
+
+async def test_a_spill_over_walks_past_the_members_it_tries_first(
+    start_federation: StartFederation,
+) -> None:
+    """The launch handler tries only the first few members below a target's home; when
+    they are all over their bounds, the launch still goes to the first member further
+    down the ranking with room, as a spill-over."""
+    over = MemberControls(extra_pods=30)  # bound ceil(1.25·121·10/80) = 19 for a to d
+    fed = await start_federation(
+        {"a": over, "b": over, "c": over, "d": over, "e": MemberControls()},
+        weights={"a": 10, "b": 10, "c": 10, "d": 10, "e": 40}, health=SLOW_PROBES)
+    path = hot_repository(fed, ["a", "b", "c", "d", "e"])
+    assert [await member_of(fed, path) for _ in range(2)] == ["e", "e"]
+    assert await redirects(fed, "e", "spill-over") == 2
