@@ -107,6 +107,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     url: str
     log: Path
+    routes: bool = True  # the router, with its metrics; the reference answers anything 307
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time the process has used so far."""
@@ -126,8 +127,11 @@ class Server:
 
         In these benchmarks spill-overs are an artefact (the simulated members never see the
         launches sent to them), and how many there are depends on how the members' probes
-        happen to fall in time, so a comparison shows them beside its ratios.
+        happen to fall in time, so a comparison shows them beside its ratios. NaN for the
+        reference, which routes nothing.
         """
+        if not self.routes:
+            return math.nan
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as answer:
             text = answer.read().decode()
         by_reason: dict[str, float] = {}
@@ -203,12 +207,13 @@ def router(name: str, workdir: Path, urls: Sequence[str], *, interval: float, lo
 
 @contextlib.contextmanager
 def reference(workdir: Path, *, loop: str, cores: set[int], wrapper: Sequence[str] = (),
-              ready_timeout: float = 30.0) -> Iterator[Server]:
+              ready_timeout: float = 30.0, name: str = "reference") -> Iterator[Server]:
     """The bare aiohttp app answering every request with a fixed 307."""
     port = _free_port()
-    server = _start("reference", [*wrapper, sys.executable, "-m", "benchmarks.reference",
-                                  "--port", str(port), "--loop", loop],
-                    cores, workdir / "reference.log", port)
+    server = _start(name, [*wrapper, sys.executable, "-m", "benchmarks.reference",
+                           "--port", str(port), "--loop", loop],
+                    cores, workdir / f"{name.replace(' ', '-').replace(',', '')}.log", port)
+    server.routes = False
     with _running(server, "/build/gh/a/b/HEAD", 307, ready_timeout):
         yield server
 

@@ -154,6 +154,10 @@ def _fmt(value: float, spec: str) -> str:
     return "n/a" if math.isnan(value) else format(value, spec)
 
 
+def _percent(share: float) -> str:
+    return "n/a" if math.isnan(share) else f"{100 * share:.1f} %"
+
+
 def _table(summaries: Sequence[Summary], baseline: str) -> str:
     lines = ["| connections | server | req/s | p50 ms | p99 ms | errors | server CPU µs/req "
              "| RSS after load MiB | runs counted | req/s ÷ baseline | p99 ÷ baseline |",
@@ -234,29 +238,43 @@ def main() -> None:
     """Benchmarks of the federation router (loopback only)."""
 
 
+_PAIRED_HELP = ("Run two servers at once, each loaded by its own load generator, pair by "
+                "pair: far steadier ratios on a shared machine (see README).")
+
+
 @main.command()
 @click.option("--connections", default="16,64", show_default=True,
               help="Connection counts, comma separated.")
 @click.option("--members", "member_count", type=click.IntRange(1, 1000), default=3,
               show_default=True)
+@click.option("--paired", is_flag=True, help=_PAIRED_HELP)
 @_run_options
-def throughput(connections: str, member_count: int, runs: int, duration: float,
-               warmup: float, attempts: int, loop_kind: str, loadgen_max: float,
-               server_min: float, save: Path | None) -> None:
+def throughput(connections: str, member_count: int, paired: bool, runs: int,
+               duration: float, warmup: float, attempts: int, loop_kind: str,
+               loadgen_max: float, server_min: float, save: Path | None) -> None:
     """The router as shipped against a bare aiohttp app answering a fixed 307."""
     loop = harness.choose_loop(loop_kind)
     server_cores, load_cores = harness.pinning()
     with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp, \
             harness.members(member_count, churn=False, cores=load_cores) as urls:
         workdir = Path(tmp)
+        reference = partial(harness.reference, workdir, loop=loop, cores=server_cores)
         contenders: list[Contender] = [
-            lambda: harness.reference(workdir, loop=loop, cores=server_cores),
+            reference,
             lambda: harness.router("router", workdir, urls, interval=10, loop=loop,
                                    cores=server_cores),
         ]
-        _report("Launch redirects: router vs reference", contenders, "reference",
-                connections=_counts(connections), runs=runs, duration=duration, warmup=warmup,
-                attempts=attempts, limits=Limits(loadgen_max, server_min), loop=loop,
+        title = "Launch redirects: router vs reference"
+        limits = Limits(loadgen_max, server_min)
+        if paired:
+            plan = _Plan(_counts(connections), runs, duration, warmup, attempts, limits,
+                         server_cores, load_cores)
+            again = partial(reference, name="reference, again")
+            _report_pairs(title, [(reference, again), (reference, contenders[1])], plan,
+                          loop=loop, save=save)
+            return
+        _report(title, contenders, "reference", connections=_counts(connections), runs=runs,
+                duration=duration, warmup=warmup, attempts=attempts, limits=limits, loop=loop,
                 save=save, together=True)
 
 
@@ -266,9 +284,7 @@ def throughput(connections: str, member_count: int, runs: int, duration: float,
 @click.option("--churn/--no-churn", default=True, show_default=True,
               help="Members report new pod counts all the time, so every probe rebuilds "
                    "the routing table (as in production).")
-@click.option("--paired", is_flag=True,
-              help="Run two routers at once, each loaded by its own load generator, pair "
-                   "by pair: far steadier ratios on a shared machine (see README).")
+@click.option("--paired", is_flag=True, help=_PAIRED_HELP)
 @_run_options
 def probing(connections: str, churn: bool, paired: bool, runs: int, duration: float,
             warmup: float, attempts: int, loop_kind: str, loadgen_max: float,
@@ -360,23 +376,23 @@ def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan
                 ratios = _ratios(o, b, "rps")
                 missing |= not ratios
                 spread = f"{min(ratios):.2f}–{max(ratios):.2f}" if ratios else "n/a"
-                spilled = ", ".join(_fmt(100 * s.spill_share(), ".1f") + " %"
-                                    for s in servers)
+                spilled = ", ".join(_percent(s.spill_share()) for s in servers)
                 lines.append(f"| {conns} | {base.name} | {other.name} | "
                              f"{len(ratios)}/{plan.runs} | "
                              f"{_fmt(_paired(o, b, 'rps'), '.3f')} | {spread} | "
                              f"{_fmt(_paired(o, b, 'cpu_us'), '.3f')} | {spilled} |")
-    click.echo(f"\n{title}, paired (event loop: {loop}; two routers at once on the server "
+    click.echo(f"\n{title}, paired (event loop: {loop}; two servers at once on the server "
                f"core, each with a load generator and half the connections; ratios: median "
                f"over rounds)\n")
     click.echo("\n".join(lines))
-    click.echo("\nEach router has half the core here, so work it does whatever the load "
+    click.echo("\nEach server has half the core here, so work a router does whatever the load "
                "(probing) takes twice the share of its throughput it takes of a whole core; "
                "costs per launch show as they are. A ratio here is a lower bound on the "
-               "whole-core one. The first pair is a control of two identical routers: how far "
+               "whole-core one. The first pair is a control of two identical servers: how far "
                "its ratio is from 1 is how far the method can be off. \"Spilled\" is the share "
                "of each router's launches (warm-up included) sent below their home member, "
-               "an artefact of members that never see the launches sent to them.")
+               "an artefact of members that never see the launches sent to them (n/a: the "
+               "reference routes nothing).")
     if save is not None:
         save.write_text(json.dumps({"title": title, "loop": loop, "paired": True,
                                     "runs": [asdict(r) for r in results]}, indent=1))
