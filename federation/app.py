@@ -105,20 +105,20 @@ class _Redirect:
 @dataclass(slots=True)
 class _Answer:
     """A launch target's parsed key, its home redirect (None under random placement), and
-    what its spill-overs need: the slots of the members ranked next, and redirects to the
-    last two members it spilled over to.
+    what its spill-overs need: the slots of the members ranked next, and the redirect to the
+    member it last spilled over to.
 
-    A spill-over made fresh cost two to three times a home launch in the server (its code
-    and data are cold). A target whose home is at its bound spills launch after launch,
-    mostly to the same member, and often back and forth between two as the first of them
-    reaches its own bound and falls below it again; so two are kept, the latest first.
+    ``spill`` is kept because a spill-over made fresh cost two to three times a home launch
+    in the server (its code and data are cold), and a target whose home is at its bound
+    spills to the same member launch after launch; it is replaced when the walk picks
+    another. One, not one per member it spills to: a second would catch about a fifth of
+    the replacements and cost up to 2 MiB with 4,000 targets (README, Performance).
     """
 
     launch: LaunchKey
     home: _Redirect | None
     below: tuple[int, ...] | None = None  # slots of the next _SPILL_WALK ranked, once it spilled
     spill: _Redirect | None = None
-    spill_before: _Redirect | None = None
 
 
 _SPILL_WALK = 3  # members below the home a spill-over tries before ``route`` walks them all
@@ -183,7 +183,9 @@ class _Launcher:
                 if slot is not None:
                     spill = answer.spill
                     if spill is None or spill.slot != slot:
-                        spill = self._spill_to(slot, answer, request, table)
+                        spill = answer.spill = self._redirect_to(
+                            self.state.sent.name(slot), request_target(request),
+                            answer.launch, table, table.spill_reason)
                     return self._redirect(spill, answer.launch, table.spill_reason)
             sticky = request.cookies.get("host") if cookie else None
             decision = table.route(answer.launch, cookie=sticky, sent=self.state.sent,
@@ -215,18 +217,6 @@ class _Launcher:
         answer.below = tuple(self.state.sent.slot(name)
                              for name in ranking[1:1 + _SPILL_WALK])
         return answer.below
-
-    def _spill_to(self, slot: int, answer: _Answer, request: web.Request,
-                  table: RoutingTable) -> _Redirect:
-        """The target's redirect to the member at ``slot``, made unless it is the one before."""
-        before = answer.spill_before
-        if before is not None and before.slot == slot:
-            answer.spill_before, answer.spill = answer.spill, before
-            return before
-        answer.spill_before = answer.spill
-        answer.spill = self._redirect_to(self.state.sent.name(slot), request_target(request),
-                                         answer.launch, table, table.spill_reason)
-        return answer.spill
 
     def _answer(self, request: web.Request, table: RoutingTable) -> _Answer:
         """Parse a target and make its home redirect, kept while the rankings hold."""

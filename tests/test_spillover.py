@@ -177,7 +177,7 @@ async def test_spill_overs_that_alternate_between_two_members_each_get_their_own
     to that member's own bound, which grows with every launch, so they go back and forth
     between the second and the third. Each launch goes where ``route`` decides for the
     same counts, with that member's Location and cookie, though the router keeps only the
-    last two spill-over redirects of the target."""
+    target's last spill-over redirect."""
     fed = await start_federation(
         {"a": MemberControls(extra_pods=30), "b": MemberControls(), "c": MemberControls()},
         weights={"a": 10, "b": 10, "c": 10}, health=SLOW_PROBES)
@@ -194,7 +194,7 @@ async def test_spill_overs_that_alternate_between_two_members_each_get_their_own
         got.append(name)
     runs = [name for name, _ in groupby(got)]
     back_to_b = sum(1 for first, then in pairwise(runs) if (first, then) == ("c", "b"))
-    assert got[0] == "b" and back_to_b >= 2, got  # b's redirect came back from second place
+    assert got[0] == "b" and back_to_b >= 2, got  # each return replaced c's redirect
     assert await redirects(fed, "b", "spill-over") + await redirects(
         fed, "c", "spill-over") == 40
 
