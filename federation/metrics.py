@@ -101,6 +101,16 @@ class _LaunchTally(Collector):
         """Redirects so far per (member, reason) (a copy, for reading)."""
         return {key: self.counts[index] for key, index in self._slots.items()}
 
+    def since(self, then: array[int]) -> dict[str, int]:
+        """Redirects per member counted after ``then``, a copy of ``counts`` taken earlier
+        (slots given since then count from zero). Members with none are left out."""
+        recent: dict[str, int] = {}
+        for (member, _reason), index in self._slots.items():
+            count = self.counts[index] - (then[index] if index < len(then) else 0)
+            if count:
+                recent[member] = recent.get(member, 0) + count
+        return recent
+
     def collect(self) -> Iterator[Metric]:
         doc = "Launch redirects per member and reason"
         counter = CounterMetricFamily("federation_redirects", doc, labels=["member", "reason"])

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, deque
+from array import array
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -65,8 +66,9 @@ class RouterState:
         self.sent = SentLaunches()  # launches the table's pod counts do not include yet
         self._tallies = self.metrics.launches.counts
         self.routable_since: dict[str, float] = {}
-        # Launch totals per member noted every _BUCKET seconds; the oldest is the baseline.
-        self.recent: deque[tuple[float, Counter[str]]] = deque([(self.started, Counter())])
+        # Copies of the redirect counts taken every _BUCKET seconds; the oldest is the
+        # baseline. Arrays, not a dict per member: sixty of them are kept.
+        self.recent: deque[tuple[float, array[int]]] = deque([(self.started, array("q"))])
         self._ready = False
         self._swap_pending = False
         self._last_resort: str | None = None  # as last logged: see ``_last_resort()``
@@ -189,12 +191,6 @@ class RouterState:
         sent.total += 1
         self._tallies[tally] += 1
 
-    def _launch_totals(self) -> Counter[str]:
-        totals: Counter[str] = Counter()
-        for (member, _reason), count in self.metrics.launches.redirects.items():
-            totals[member] += count
-        return totals
-
     def mark_launches(self) -> None:
         """Note the launch totals every ``_BUCKET`` seconds (called by a ticker, not requests).
 
@@ -204,15 +200,13 @@ class RouterState:
         now = self.clock()
         marks = self.recent
         if now - marks[-1][0] >= _BUCKET:
-            marks.append((now, self._launch_totals()))
+            marks.append((now, array("q", self._tallies)))
         while len(marks) > 1 and now - marks[0][0] > RECENT_WINDOW:
             marks.popleft()
 
     def recent_launches(self) -> Mapping[str, int]:
         """Launches per member over about the last ``RECENT_WINDOW`` seconds."""
-        recent = self._launch_totals()
-        recent.subtract(self.recent[0][1])
-        return +recent
+        return self.metrics.launches.since(self.recent[0][1])
 
     # -- snapshots --------------------------------------------------------------------------
 

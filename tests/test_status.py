@@ -17,8 +17,10 @@ from federation.app import STATUS_PATH
 from federation.cli import main
 from federation.demo import MemberControls
 from federation.drains import FileDrainStore, with_drain
+from federation.runtime import RECENT_WINDOW, RouterState
 from federation.status import render_status_html
 from tests.conftest import Federation, StartFederation, start_mixed_federation
+from tests.test_slow_start import config
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "status.schema.json"
 BROWSER_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,"
@@ -384,3 +386,29 @@ def test_versions_match_follows_the_version_policy() -> None:
         members = {m["name"]: m for m in status_document(state)["members"]}
         assert members["b"]["versions_match"] is expected
         assert members["a"]["versions_match"] is True
+
+
+def test_recent_launches_cover_the_last_window_only() -> None:
+    """The status page's recent launches are the redirect counts minus the oldest mark the
+    ticker kept, marks older than ``RECENT_WINDOW`` dropped; a member first counted after
+    a mark counts from zero."""
+    now = [0.0]
+    state = RouterState(config({"a": 10, "b": 10}), clock=lambda: now[0])
+    tally = state.metrics.launches
+
+    def launch(member: str, reason: str = "load_balancer") -> None:
+        state.count_launch(state.sent.slot(member), tally.slot(member, reason))
+
+    for _ in range(3):
+        launch("a")
+    assert state.recent_launches() == {"a": 3}
+    for t in range(10, int(RECENT_WINDOW) + 21, 10):  # a mark every 10 s
+        now[0] = float(t)
+        state.mark_launches()
+        if t == 20:
+            launch("b", "spill-over")  # a slot the marks before it lack
+            launch("a")
+    assert state.recent_launches() == {"a": 1, "b": 1}  # the marks at 0 and 10 s are gone
+    now[0] += 10
+    state.mark_launches()
+    assert state.recent_launches() == {}  # and now the one before the launches at 20 s too
