@@ -442,6 +442,52 @@ def instructions(duration: float, warmup: float, loop_kind: str) -> None:
     click.echo(instructions_table(counts, probing))
 
 
+@main.command()
+@click.option("--minutes", type=click.FloatRange(1, 120), default=6, show_default=True,
+              help="Minutes of load.")
+@click.option("--members", "member_count", type=click.IntRange(1, 1000), default=100,
+              show_default=True)
+@click.option("--interval", type=click.FloatRange(1, 60), default=1, show_default=True,
+              help="Seconds between probes of each member.")
+@click.option("--connections", type=click.IntRange(1, 1024), default=64, show_default=True)
+@click.option("--loop", "loop_kind", type=click.Choice(["auto", "asyncio", "uvloop"]),
+              default="auto", show_default=True)
+def memory(minutes: float, member_count: int, interval: float, connections: int,
+           loop_kind: str) -> None:
+    """The router's resident memory under minutes of load: what it holds once every cache
+    has filled, which the other commands' seconds of load do not reach."""
+    loop = harness.choose_loop(loop_kind)
+    server_cores, load_cores = harness.pinning()
+    runs = max(1, round(minutes * 60 / _MEMORY_RUN))
+    with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp, \
+            harness.members(member_count, churn=True, cores=load_cores) as urls, \
+            harness.router("router", Path(tmp), urls, interval=interval, loop=loop,
+                           cores=server_cores) as server:
+        click.echo(f"Memory: {member_count} members probed every {interval:g} s, "
+                   f"{connections} connections, {runs} runs of {_MEMORY_RUN:g} s, loop {loop}; "
+                   f"RSS at start {server.rss_mib():.1f} MiB", err=True)
+        rss: list[float] = []
+        for n in range(1, runs + 1):
+            done = harness.launches(server, connections=connections, duration=_MEMORY_RUN,
+                                    cores=load_cores)
+            rss.append(server.rss_mib())
+            click.echo(f"  after {n * _MEMORY_RUN:5.0f} s: RSS {rss[-1]:.1f} MiB "
+                       f"({done['requests'] / _MEMORY_RUN:,.0f} req/s)", err=True)
+        spill = server.spill_share()
+    half = rss[max(0, len(rss) // 2 - 1)]  # after half the runs
+    click.echo(f"\nResident memory under load ({member_count} members probed every "
+               f"{interval:g} s, pod counts changing; {_percent(spill)} of launches "
+               f"spilled)\n")
+    click.echo("| after first run MiB | at half time MiB | at the end MiB | largest MiB |\n"
+               "|---:|---:|---:|---:|\n"
+               f"| {rss[0]:.1f} | {half:.1f} | {rss[-1]:.1f} | {max(rss):.1f} |")
+    click.echo(f"\nGrowth over the second half: {rss[-1] - half:+.1f} MiB (a router that "
+               "still grows there holds something unbounded, or its caches are not full yet).")
+
+
+_MEMORY_RUN = 10.0  # seconds per load run between two readings
+
+
 @main.command(name="all")
 @click.pass_context
 def run_all(ctx: click.Context) -> None:
