@@ -112,7 +112,7 @@ class _Answer:
     in the server (its code and data are cold), and a target whose home is at its bound
     spills to the same member launch after launch; it is replaced when the walk picks
     another. One, not one per member it spills to: a second would catch about a fifth of
-    the replacements and cost up to 2 MiB with 4,000 targets (README, Performance).
+    the replacements and cost up to 2 MiB with 4,000 targets (``benchmarks/HISTORY.md``).
     """
 
     launch: LaunchKey

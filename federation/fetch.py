@@ -2,7 +2,7 @@
 
 Probing a hundred members every second is 200 GETs a second on the event loop that also
 answers launches. Through aiohttp's client each cost nearly three times the CPU it costs here
-(291 µs against 106 in one run; README, Performance): request and response objects, header
+(291 µs against 106 in one run; benchmarks/HISTORY.md): request and response objects, header
 merging, stream readers, timers, none of which a probe needs. Here each URL becomes one fixed
 request, written as it is, and the answer is parsed by httptools (llhttp, Node.js's parser)
 into a status and a body capped at the caller's limit.

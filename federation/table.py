@@ -50,7 +50,7 @@ class SentLaunches:
     Counts live in one array, a slot per member name (``slot``), not in a dict of ints:
     with a hundred members a launch then reads and writes a few bytes of memory that every
     launch touches, where a dict entry and an int object per member fell out of the caches
-    between two launches to the same member (``benchmarks/``; README, Performance). Change
+    between two launches to the same member (``benchmarks/HISTORY.md``, seventh pass). Change
     counts only through the methods, or as ``RouterState.count_launch`` does, both at once.
     """
 
