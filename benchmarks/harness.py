@@ -189,13 +189,14 @@ def _start(name: str, argv: list[str], cores: set[int], log: Path, port: int) ->
 
 @contextlib.contextmanager
 def router(name: str, workdir: Path, urls: Sequence[str], *, interval: float, loop: str,
-           cores: set[int], wrapper: Sequence[str] = (),
+           cores: set[int], wrapper: Sequence[str] = (), load_factor: float | None = None,
            ready_timeout: float = 30.0) -> Iterator[Server]:
     """``federation serve`` as shipped (default settings) for members at ``urls``.
 
-    ``wrapper`` goes before the command (``valgrind …`` for instruction counts)."""
+    ``wrapper`` goes before the command (``valgrind …`` for instruction counts);
+    ``load_factor`` replaces the default bound of bounded loads."""
     config = workdir / f"{name.replace(' ', '-')}.yaml"
-    config.write_text(config_text(urls, interval=interval))
+    config.write_text(config_text(urls, interval=interval, load_factor=load_factor))
     port = _free_port()
     server = _start(name, [*wrapper, sys.executable, "-m", "federation", "serve", "--config",
                            str(config), "--host", "127.0.0.1", "--port", str(port), "--loop",

@@ -285,10 +285,14 @@ def throughput(connections: str, member_count: int, paired: bool, runs: int,
               help="Members report new pod counts all the time, so every probe rebuilds "
                    "the routing table (as in production).")
 @click.option("--paired", is_flag=True, help=_PAIRED_HELP)
+@click.option("--load-factor", type=click.FloatRange(min=1), default=None,
+              help="routing.load_factor of every router (default: the router's own). "
+                   "10 lets no launch spill over, taking the benchmark's spill-over "
+                   "artefact out of the comparison (see README).")
 @_run_options
-def probing(connections: str, churn: bool, paired: bool, runs: int, duration: float,
-            warmup: float, attempts: int, loop_kind: str, loadgen_max: float,
-            server_min: float, save: Path | None) -> None:
+def probing(connections: str, churn: bool, paired: bool, load_factor: float | None,
+            runs: int, duration: float, warmup: float, attempts: int, loop_kind: str,
+            loadgen_max: float, server_min: float, save: Path | None) -> None:
     """Router throughput with 100 members probed every second vs 3 members every 10 s.
 
     A third router, 100 members probed every 10 s, separates what the member count costs
@@ -305,10 +309,11 @@ def probing(connections: str, churn: bool, paired: bool, runs: int, duration: fl
                  ("100 members probed every 1 s", 100, 1.0))
         contenders: list[Contender] = [
             partial(harness.router, name, workdir, urls[:count], interval=interval, loop=loop,
-                    cores=server_cores)
+                    cores=server_cores, load_factor=load_factor)
             for name, count, interval in sizes
         ]
-        title = f"Probing overhead (member pod counts {'changing' if churn else 'steady'})"
+        title = f"Probing overhead (member pod counts {'changing' if churn else 'steady'}"
+        title += f", load_factor {load_factor:g})" if load_factor is not None else ")"
         limits = Limits(loadgen_max, server_min)
         if paired:
             plan = _Plan(_counts(connections), runs, duration, warmup, attempts, limits,
@@ -317,7 +322,8 @@ def probing(connections: str, churn: bool, paired: bool, runs: int, duration: fl
             # The control: two identical routers, so the method's own bias and spread show
             # in the same run as the comparisons.
             again = partial(harness.router, f"{small}, again", workdir, urls[:3],
-                            interval=10.0, loop=loop, cores=server_cores)
+                            interval=10.0, loop=loop, cores=server_cores,
+                            load_factor=load_factor)
             _report_pairs(title, [(first, again), (first, middle), (middle, last),
                                   (first, last)], plan, loop=loop, save=save)
             return

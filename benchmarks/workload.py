@@ -33,10 +33,13 @@ def random_paths(count: int, *, pool: int = POOL, seed: int = 7) -> list[str]:
     return [launch_path(rng.randrange(pool), rng.choice(REFS)) for _ in range(count)]
 
 
-def config_text(urls: Sequence[str], *, interval: float) -> str:
-    """A router config for members at ``urls`` (the first is prime); defaults elsewhere."""
+def config_text(urls: Sequence[str], *, interval: float,
+                load_factor: float | None = None) -> str:
+    """A router config for members at ``urls`` (the first is prime); defaults elsewhere,
+    ``routing.load_factor`` too unless given."""
     doc: dict[str, Any] = {
         "health": {"interval": interval},
+        **({"routing": {"load_factor": load_factor}} if load_factor is not None else {}),
         "members": [
             {"name": f"m{i:03d}", "url": url, "weight": 10 + i % 3 * 10, "prime": i == 0}
             for i, url in enumerate(urls)
