@@ -285,7 +285,7 @@ def throughput(connections: str, member_count: int, paired: bool, runs: int,
               help="Members report new pod counts all the time, so every probe rebuilds "
                    "the routing table (as in production).")
 @click.option("--paired", is_flag=True, help=_PAIRED_HELP)
-@click.option("--load-factor", type=click.FloatRange(min=1), default=None,
+@click.option("--load-factor", type=click.FloatRange(1, 10), default=None,
               help="routing.load_factor of every router (default: the router's own). "
                    "10 lets no launch spill over, taking the benchmark's spill-over "
                    "artefact out of the comparison (see README).")

@@ -19,5 +19,4 @@ def test_load_factor_override_reaches_bounded_loads() -> None:
     """``probing --load-factor 10`` must change the bound the routers run with, and only it."""
     config = load_config_text(config_text(URLS, interval=10, load_factor=10),
                               source="<benchmark>")
-    assert config.routing.load_factor == 10
-    assert config.routing.strategy == Routing().strategy
+    assert config.routing == Routing(load_factor=10)
