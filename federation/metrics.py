@@ -4,7 +4,8 @@ Compatible with mybinder.org's federation-redirect (binderhub-protocol.md §4.5)
 
 * ``federation_health{member,reason}`` — exactly one series per member: 1 with ``reason=""``
   while it takes launches, else 0 with the reason (a full member: ``Pod quota``, as today);
-  the old reason's series is removed on change;
+  the member gauges are read from the routing table in force at each scrape, so an old
+  reason's series is gone at the next one;
 * ``federation_health_check{member,check}`` — each BinderHub check and ``versions``, as the
   router judges them: ``Pod quota`` is 0 when headroom is used up, ``versions`` follows the
   version policy;
@@ -17,10 +18,9 @@ Each router owns its registry, so several routers (tests, workers) never share s
 
 from __future__ import annotations
 
-import contextlib
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -33,7 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from federation.health import POD_QUOTA, ProbeResult, versions_match
-from federation.table import MemberStatus, RoutingTable
+from federation.table import MemberStatus, MemberView, RoutingTable
 
 __all__ = ["Metrics"]
 
@@ -168,27 +168,97 @@ class _ProbeTally(Collector):
         yield from (rounds, latency)
 
 
+class _MemberGauges(Collector):
+    """The members' gauges and ``federation_panic``, read from the routing table in force
+    when scraped.
+
+    Busy members report new pod counts on nearly every probe, so with a hundred members the
+    table is rebuilt about once a second. Writing their gauges at every rebuild cost more
+    than the rebuild itself (820 of 1,540 µs; ``benchmarks/HISTORY.md``, tenth pass); a
+    scrape every 15 to 60 s reads one snapshot instead. A series that no longer applies (a
+    removed member, a member's old reason or state) is simply not in the next scrape.
+    """
+
+    def __init__(self) -> None:
+        self.table: Callable[[], RoutingTable] | None = None  # set by ``Metrics.watch``
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(None)
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self.table() if self.table is not None else None)
+
+    @staticmethod
+    def _families(table: RoutingTable | None) -> Iterator[Metric]:
+        member, check = ["member"], ["member", "check"]
+        health = GaugeMetricFamily("federation_health", "1 while a member is in rotation, "
+                                   "else 0 with the reason", labels=["member", "reason"])
+        checks = GaugeMetricFamily("federation_health_check", "Each BinderHub check of a "
+                                   "member (1 ok, 0 failing), and versions", labels=check)
+        state = GaugeMetricFamily("federation_member_state", "1 for the member's current "
+                                  "state", labels=["member", "state"])
+        drained = GaugeMetricFamily("federation_member_drained", "1 while an operator drain "
+                                    "is in force", labels=member)
+        weight = GaugeMetricFamily("federation_member_effective_weight", "Weight used for "
+                                   "placement now (after capacity and slow start)",
+                                   labels=member)
+        pods = GaugeMetricFamily("federation_member_pods", "Pods the member last reported",
+                                 labels=member)
+        quota = GaugeMetricFamily("federation_member_quota", "Pod quota the member last "
+                                  "reported", labels=member)
+        panic = GaugeMetricFamily("federation_panic", "1 while too little weight is "
+                                  "routable and launches ignore health (panic_threshold)")
+        if table is not None:
+            panic.add_metric([], 1 if table.panic else 0)
+            for m in table.members:
+                health.add_metric([m.name, _health_reason(m)],
+                                  1 if m.status is MemberStatus.HEALTHY else 0)
+                for name, ok in _checks(table, m).items():
+                    checks.add_metric([m.name, name], 1 if ok else 0)
+                state.add_metric([m.name, m.status.value], 1)
+                drained.add_metric([m.name], 1 if m.drain else 0)
+                weight.add_metric([m.name], m.effective_weight)
+                if m.pods is not None:
+                    pods.add_metric([m.name], m.pods)
+                if m.quota is not None:
+                    quota.add_metric([m.name], m.quota)
+        yield from (health, checks, state, drained, weight, pods, quota, panic)
+
+
+def _health_reason(view: MemberView) -> str:
+    """``federation_health``'s reason: empty in rotation, ``Pod quota`` when full (as the
+    redirector shows it), ``drained``, else the health reason or the state."""
+    if view.status is MemberStatus.HEALTHY:
+        return ""
+    if view.status is MemberStatus.FULL:
+        return POD_QUOTA
+    if view.status is MemberStatus.DRAINED:
+        return "drained"
+    return view.health.reason or view.status.value
+
+
+def _checks(table: RoutingTable, view: MemberView) -> dict[str, bool]:
+    """A member's checks as the router judges them: ``Pod quota`` fails once headroom is
+    used up (today it showed 1, MD PR#2429), ``versions`` follows the version policy."""
+    report = view.health.report
+    checks = {c.service: c.ok for c in report.checks} if report is not None else {}
+    if POD_QUOTA in checks and view.status is MemberStatus.FULL:
+        checks[POD_QUOTA] = False
+    if view.health.versions is not None:
+        prime = table.by_name[table.config.prime.name].health.versions
+        checks["versions"] = versions_match(table.config.health.versions,
+                                            view.health.versions, prime)
+    return checks
+
+
 class Metrics:
     """Every metric the router exports, in its own registry."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.health = Gauge("federation_health", "1 while a member is in rotation, else 0 "
-                            "with the reason", ["member", "reason"], registry=r)
-        self.health_check = Gauge("federation_health_check", "Each BinderHub check of a member "
-                                  "(1 ok, 0 failing), and versions", ["member", "check"],
-                                  registry=r)
-        self.state = Gauge("federation_member_state", "1 for the member's current state",
-                           ["member", "state"], registry=r)
-        self.drained = Gauge("federation_member_drained", "1 while an operator drain is in "
-                             "force", ["member"], registry=r)
-        self.weight = Gauge("federation_member_effective_weight", "Weight used for placement "
-                            "now (after capacity and slow start)", ["member"], registry=r)
-        self.pods = Gauge("federation_member_pods", "Pods the member last reported",
-                          ["member"], registry=r)
-        self.quota = Gauge("federation_member_quota", "Pod quota the member last reported",
-                           ["member"], registry=r)
+        self._members = _MemberGauges()
+        r.register(self._members)
         self.launches = _LaunchTally()
         r.register(self.launches)
         self.no_member = Counter("federation_launches_refused", "Launches answered 503 "
@@ -199,8 +269,6 @@ class Metrics:
                                     "upstream", ["kind"], registry=r)
         self.probes = _ProbeTally()
         r.register(self.probes)
-        self.panic = Gauge("federation_panic", "1 while too little weight is routable and "
-                           "launches ignore health (panic_threshold)", registry=r)
         self.config_generation = Gauge("federation_config_generation", "Config generation in "
                                        "force (increments on every accepted reload)", registry=r)
         self.config_reloads = Counter("federation_config_reloads", "Accepted config reloads",
@@ -208,95 +276,20 @@ class Metrics:
         self.config_errors = Counter("federation_config_reload_errors", "Rejected config "
                                      "reloads (the last good config stayed in force)",
                                      registry=r)
-        self._members: set[str] = set()
-        self._health_reason: dict[str, str] = {}
-        self._state: dict[str, str] = {}
-        self._checks: dict[str, set[str]] = {}
-        self._synced: dict[str, tuple[object, ...]] = {}
-        self._numbers: dict[str, tuple[int | None, int | None]] = {}
         self.route_latency = self.launches.latency
+
+    def watch(self, table: Callable[[], RoutingTable]) -> None:
+        """Export the member gauges from ``table()``, the routing table in force."""
+        self._members.table = table
 
     def redirect_total(self, member: str, reason: str) -> int:
         """Redirects counted so far to ``member`` for ``reason``."""
         return self.launches.total(member, reason)
 
-    def sync(self, table: RoutingTable) -> None:
-        """Make member gauges show ``table``; remove series of removed members or old reasons."""
-        names = {m.name for m in table.members}
-        for gone in self._members - names:
-            self._forget(gone)
-        self._members = names
-        self.panic.set(1 if table.panic else 0)
-        prime_versions = table.by_name[table.config.prime.name].health.versions
-        policy = table.config.health.versions
-        for m in table.members:
-            # Tables are rebuilt on every visible probe change, and busy members report new
-            # pod counts on nearly every probe: those two gauges are written apart, and the
-            # rest only for members whose state changed.
-            numbers = (m.pods, m.quota)
-            if self._numbers.get(m.name) != numbers:
-                self._numbers[m.name] = numbers
-                if m.pods is not None:
-                    self.pods.labels(m.name).set(m.pods)
-                if m.quota is not None:
-                    self.quota.labels(m.name).set(m.quota)
-            report = m.health.report
-            seen = (m.status, m.health.reason, m.drain is not None, m.effective_weight,
-                    report.checks if report else None, m.health.versions, prime_versions,
-                    policy)
-            if self._synced.get(m.name) == seen:
-                continue
-            self._synced[m.name] = seen
-            in_rotation = m.status is MemberStatus.HEALTHY
-            reason = {MemberStatus.HEALTHY: "", MemberStatus.FULL: POD_QUOTA,
-                      MemberStatus.DRAINED: "drained"}.get(m.status)
-            if reason is None:
-                reason = m.health.reason or m.status.value
-            old = self._health_reason.get(m.name)
-            if old is not None and old != reason:
-                self.health.remove(m.name, old)
-            self._health_reason[m.name] = reason
-            self.health.labels(m.name, reason).set(1 if in_rotation else 0)
-            if self._state.get(m.name) not in (None, m.status.value):
-                self.state.remove(m.name, self._state[m.name])
-            self._state[m.name] = m.status.value
-            self.state.labels(m.name, m.status.value).set(1)
-            self.drained.labels(m.name).set(1 if m.drain else 0)
-            self.weight.labels(m.name).set(m.effective_weight)
-            self._sync_checks(table, m.name)
-
-    def _sync_checks(self, table: RoutingTable, name: str) -> None:
-        view = table.by_name[name]
-        report = view.health.report
-        checks: dict[str, bool] = {}
-        if report is not None:
-            checks = {c.service: c.ok for c in report.checks}
-        if POD_QUOTA in checks and view.status is MemberStatus.FULL:
-            checks[POD_QUOTA] = False  # out for headroom: today this showed 1 (MD PR#2429)
-        if view.health.versions is not None:
-            prime = table.by_name[table.config.prime.name].health.versions
-            checks["versions"] = versions_match(table.config.health.versions,
-                                                view.health.versions, prime)
-        for old in self._checks.get(name, set()) - set(checks):
-            self.health_check.remove(name, old)
-        self._checks[name] = set(checks)
-        for check, ok in checks.items():
-            self.health_check.labels(name, check).set(1 if ok else 0)
-
-    def _forget(self, name: str) -> None:
-        """Remove every series of a member that left the config."""
-        self._synced.pop(name, None)
-        self._numbers.pop(name, None)
-        self.probes.forget(name)
-        for per_member in (self.drained, self.weight, self.pods, self.quota):
-            with contextlib.suppress(KeyError):
-                per_member.remove(name)
-        if name in self._health_reason:
-            self.health.remove(name, self._health_reason.pop(name))
-        if name in self._state:
-            self.state.remove(name, self._state.pop(name))
-        for check in self._checks.pop(name, set()):
-            self.health_check.remove(name, check)
+    def forget(self, member: str) -> None:
+        """``member`` left the config: drop its probe series (redirect counts stay, as
+        counters must)."""
+        self.probes.forget(member)
 
     def probed(self, member: str, result: ProbeResult) -> None:
         """Count one probe round by outcome, and its duration."""

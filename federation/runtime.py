@@ -73,6 +73,7 @@ class RouterState:
         self._swap_pending = False
         self._last_resort: str | None = None  # as last logged: see ``_last_resort()``
         self.table = self._build()
+        self.metrics.watch(lambda: self.table)
         self.metrics.config_generation.set(self.generation)
 
     # -- inputs -----------------------------------------------------------------------------
@@ -85,6 +86,7 @@ class RouterState:
             self.healths.pop(gone, None)
             self.sent.forget(gone)
             self.routable_since.pop(gone, None)
+            self.metrics.forget(gone)
         self.config = config
         self.generation += 1
         self.rejection = None
@@ -239,7 +241,6 @@ class RouterState:
         self.table = self._build()
         self.sent.settle()
         self._track_entries(previous, was_ready)
-        self.metrics.sync(self.table)
         self._announce(previous)
 
     def _announce(self, previous: RoutingTable) -> None:

@@ -205,3 +205,29 @@ async def test_labels_stay_bounded_whatever_is_launched(
     assert request_series(second) == request_series(first)
     values = {v for s in second for v in s.labels.values()}
     assert not [v for v in values if "org-" in v or "repo-" in v]
+
+
+async def test_a_removed_member_leaves_no_series_behind(
+    start_federation: StartFederation,
+) -> None:
+    """Member series follow the config in force: after a reload that removes member c, the
+    next scrape has none of its gauges or probe series, while its redirect counts stay (a
+    counter never goes back). A member whose reason changes keeps exactly one health series."""
+    fed = await start_federation(["a", "b", "c"])
+    for i in range(20):
+        await fed.launch(f"/build/gh/org/repo{i}/HEAD")
+    before = await _samples(fed)
+    assert {s.labels.get("member") for s in before} >= {"a", "b", "c"}
+    fed.members["b"].controls.health = "503"
+    await fed.wait_status("b", "unhealthy")
+    kept = [m for m in fed.config_doc["members"] if m["name"] != "c"]
+    await fed.apply_config({**fed.config_doc, "members": kept})
+    after = await _samples(fed)
+    c_series = {s.name for s in after if s.labels.get("member") == "c"}
+    assert c_series <= {"federation_redirects_total", "federation_redirect_count"}
+    assert {s.name for s in before if s.labels.get("member") == "c"} - c_series >= {
+        "federation_health", "federation_member_state", "federation_member_pods",
+        "federation_probes_total", "federation_probe_duration_seconds_count"}
+    health_b = [s for s in after if s.name == "federation_health" and s.labels["member"] == "b"]
+    assert [(s.labels["reason"], s.value) for s in health_b] == [
+        (fed.state.table.by_name["b"].reason, 0)]
