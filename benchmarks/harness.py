@@ -208,11 +208,13 @@ def router(name: str, workdir: Path, urls: Sequence[str], *, interval: float, lo
 
 @contextlib.contextmanager
 def reference(workdir: Path, *, loop: str, cores: set[int], wrapper: Sequence[str] = (),
-              ready_timeout: float = 30.0, name: str = "reference") -> Iterator[Server]:
-    """The bare aiohttp app answering every request with a fixed 307."""
+              ready_timeout: float = 30.0, name: str = "reference",
+              background: float = 0.0) -> Iterator[Server]:
+    """The bare aiohttp app answering every request with a fixed 307 (``background``: the
+    share of a core it spends on busy work besides)."""
     port = _free_port()
     server = _start(name, [*wrapper, sys.executable, "-m", "benchmarks.reference",
-                           "--port", str(port), "--loop", loop],
+                           "--port", str(port), "--loop", loop, "--background", str(background)],
                     cores, workdir / f"{name.replace(' ', '-').replace(',', '')}.log", port)
     server.routes = False
     with _running(server, "/build/gh/a/b/HEAD", 307, ready_timeout):

@@ -4,7 +4,9 @@
   sticky cookies, default logging) against a bare aiohttp app answering a fixed 307, on the
   same event loop, at 16 and 64 connections.
 * ``probing`` — the router with 100 members probed every second against 3 members probed
-  every 10 s; the difference is what probing costs the request path.
+  every 10 s; the difference is what probing costs the request path. ``--paired`` loads
+  two routers at once (a lower bound); ``--whole-core`` extrapolates from two and three
+  routers on the core to one, after a calibration whose answer is known.
 * ``placement`` — microseconds per routing decision (parse + route) at 3, 5, 10, 100 members.
 * ``instructions`` — user-space instructions per launch under callgrind, router vs reference:
   steady where timings on a shared machine are not (needs ``apt-get install valgrind``).
@@ -42,7 +44,7 @@ from benchmarks.instructions import (
 )
 from benchmarks.placement import placement_table, run_placement
 
-__all__ = ["main"]
+__all__ = ["extrapolate", "main"]
 
 Contender = Callable[[], contextlib.AbstractContextManager[Server]]
 
@@ -285,19 +287,26 @@ def throughput(connections: str, member_count: int, paired: bool, runs: int,
               help="Members report new pod counts all the time, so every probe rebuilds "
                    "the routing table (as in production).")
 @click.option("--paired", is_flag=True, help=_PAIRED_HELP)
+@click.option("--whole-core", is_flag=True,
+              help="Estimate the ratios on a whole core: run each comparison with two "
+                   "servers sharing the core, then three, and extrapolate to one (calibrated "
+                   "against a reference with a known background cost; see README).")
 @click.option("--load-factor", type=click.FloatRange(1, 10), default=None,
               help="routing.load_factor of every router (default: the router's own). "
                    "10 lets no launch spill over, taking the benchmark's spill-over "
                    "artefact out of the comparison (see README).")
 @_run_options
-def probing(connections: str, churn: bool, paired: bool, load_factor: float | None,
-            runs: int, duration: float, warmup: float, attempts: int, loop_kind: str,
-            loadgen_max: float, server_min: float, save: Path | None) -> None:
+def probing(connections: str, churn: bool, paired: bool, whole_core: bool,
+            load_factor: float | None, runs: int, duration: float, warmup: float,
+            attempts: int, loop_kind: str, loadgen_max: float, server_min: float,
+            save: Path | None) -> None:
     """Router throughput with 100 members probed every second vs 3 members every 10 s.
 
     A third router, 100 members probed every 10 s, separates what the member count costs
     each launch from what probing costs.
     """
+    if paired and whole_core:
+        raise click.UsageError("choose one of --paired and --whole-core")
     loop = harness.choose_loop(loop_kind)
     server_cores, load_cores = harness.pinning()
     with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp, \
@@ -315,6 +324,13 @@ def probing(connections: str, churn: bool, paired: bool, load_factor: float | No
         title = f"Probing overhead (member pod counts {'changing' if churn else 'steady'}"
         title += f", load_factor {load_factor:g})" if load_factor is not None else ")"
         limits = Limits(loadgen_max, server_min)
+        if whole_core:
+            plan = _Plan(_counts(connections), runs, duration, warmup, attempts, limits,
+                         server_cores, load_cores)
+            _report_whole_core(title, _whole_core_comparisons(workdir, urls, contenders,
+                                                              loop, server_cores, load_factor),
+                               plan, loop=loop, save=save)
+            return
         if paired:
             plan = _Plan(_counts(connections), runs, duration, warmup, attempts, limits,
                          server_cores, load_cores)
@@ -332,26 +348,144 @@ def probing(connections: str, churn: bool, paired: bool, load_factor: float | No
                 loop=loop, save=save, together=False)
 
 
+@dataclass(frozen=True)
+class _Extrapolation:
+    """A comparison for ``--whole-core``: the baseline, the compared server, and a third
+    that joins them on the core (like the baseline, so it adds no background work)."""
+
+    baseline: Contender
+    compared: Contender
+    third: Contender
+    expected: str  # the whole-core ratio known beforehand, or "" when it is what is sought
+
+
+def extrapolate(two: Sequence[Run], three: Sequence[Run]) -> tuple[float, float, float] | None:
+    """One round of ``--whole-core``: (ratio with two servers on the core, with three, on a
+    whole core), or None if a run was refused.
+
+    ``two`` is (baseline, compared); ``three`` is (baseline, compared, third), and the
+    compared server is measured against the mean of the other two there. The whole-core
+    ratio is where the line through the first two meets one server: 2·ratio(2) − ratio(3).
+    """
+    if any(r.refused for r in (*two, *three)):
+        return None
+    with_two = two[1].rps / two[0].rps
+    with_three = three[1].rps / statistics.mean((three[0].rps, three[2].rps))
+    return with_two, with_three, 2 * with_two - with_three
+
+
+def _report_whole_core(title: str, comparisons: Sequence[_Extrapolation], plan: _Plan, *,
+                       loop: str, save: Path | None) -> None:
+    """Each comparison with two servers sharing the core, then three, round after round,
+    and the whole-core ratio extrapolated from the two.
+
+    Work a server does whatever the load (probing) costs it the same CPU however many
+    servers share the core, so it takes k times the share of its throughput with k servers
+    on the core as with the core to itself: per round, ratio(k) = 1/P − k·B/P, for a cost
+    per launch P and background B. Two servers, then three, give the line, and its value
+    at one server is 2·ratio(2) − ratio(3). The calibration row checks the method where
+    the answer is known: a reference spending a set share of a core on busy work.
+    """
+    conns = max(plan.connections)
+    click.echo(f"{title}, whole core: {plan.runs} rounds of {plan.duration:g} s with two "
+               f"servers on the core, then three, {_half(conns)} connections each, loop "
+               f"{loop}, load by {_loadgen_name()}", err=True)
+    lines = ["| baseline | compared | known beforehand | rounds counted | 2 on the core | "
+             "3 on the core | whole core (2 × col. 5 − col. 6) | per round |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    saved: list[dict[str, object]] = []
+    missing = False
+    for c in comparisons:
+        with c.baseline() as base, c.compared() as other, c.third() as third:
+            harness.drive_together((base, other, third), connections=_half(conns),
+                                   duration=plan.warmup, cores=plan.load_cores,
+                                   server_cores=plan.server_cores, limits=plan.limits)
+            two_on, three_on, whole = [], [], []
+            for n in range(1, plan.runs + 1):
+                two = _load_together((base, other), conns, n, plan)[-2:]
+                three = _load_together((base, other, third), conns, n, plan)[-3:]
+                saved.append({"baseline": base.name, "compared": other.name, "round": n,
+                              "two": [asdict(r) for r in two],
+                              "three": [asdict(r) for r in three]})
+                ratios = extrapolate(two, three)
+                if ratios is not None:
+                    two_on.append(ratios[0])
+                    three_on.append(ratios[1])
+                    whole.append(ratios[2])
+        missing |= not whole
+        median = statistics.median if whole else (lambda _: math.nan)
+        spread = f"{min(whole):.2f}–{max(whole):.2f}" if whole else "n/a"
+        lines.append(f"| {base.name} | {other.name} | {c.expected or '?'} | "
+                     f"{len(whole)}/{plan.runs} | {_fmt(median(two_on), '.3f')} | "
+                     f"{_fmt(median(three_on), '.3f')} | **{_fmt(median(whole), '.3f')}** | "
+                     f"{spread} |")
+    click.echo(f"\n{title}, whole core (event loop: {loop}; req/s of the compared server "
+               f"over the baseline's, median over rounds; with three servers, over the mean "
+               f"of the baseline and the third)\n")
+    click.echo("\n".join(lines))
+    click.echo("\nWith k servers sharing the core, work done whatever the load takes k times "
+               "the share of a server's throughput that it takes of a whole core, so the ratio "
+               "falls in a line with k; the whole-core column extends the line to one server, "
+               "round by round. The first row calibrates the method (its answer is known), "
+               "the second is a control of identical routers (answer 1).")
+    if save is not None:
+        save.write_text(json.dumps({"title": title, "loop": loop, "whole_core": True,
+                                    "rounds": saved}, indent=1))
+    if missing:
+        sys.exit(2)
+
+
+CALIBRATION_SHARE = 0.03  # of a core: the known background cost ``--whole-core`` must find
+
+
+def _whole_core_comparisons(workdir: Path, urls: Sequence[str], contenders: Sequence[Contender],
+                            loop: str, cores: set[int], load_factor: float | None
+                            ) -> list[_Extrapolation]:
+    """The calibration, the control, and the issue's comparison (3 members probed every 10 s
+    against 100 probed every second), each with a third server like its baseline."""
+
+    def small(name: str) -> Contender:
+        return partial(harness.router, name, workdir, urls[:3], interval=10.0, loop=loop,
+                       cores=cores, load_factor=load_factor)
+
+    def reference(name: str, background: float = 0.0) -> Contender:
+        return partial(harness.reference, workdir, loop=loop, cores=cores, name=name,
+                       background=background)
+
+    first, _, last = contenders
+    busy = f"reference spending {CALIBRATION_SHARE:.0%} of a core on busy work"
+    return [
+        _Extrapolation(reference("reference"), reference(busy, CALIBRATION_SHARE),
+                       reference("reference, third"), f"{1 - CALIBRATION_SHARE:.3f}"),
+        _Extrapolation(first, small("3 members probed every 10 s, again"),
+                       small("3 members probed every 10 s, third"), "1.000"),
+        _Extrapolation(first, last, small("3 members probed every 10 s, third"), ""),
+    ]
+
+
 def _half(conns: int) -> int:
     """Connections for each router of a pair: the level's, split between the two."""
     return max(1, conns // 2)
 
 
-def _load_pair(servers: Sequence[Server], conns: int, round_no: int, plan: _Plan) -> list[Run]:
-    """One run of both ``servers`` at once, ``conns`` connections split between them,
-    retried while either is refused."""
+def _load_together(servers: Sequence[Server], conns: int, round_no: int, plan: _Plan
+                   ) -> list[Run]:
+    """One run of all ``servers`` at once, each with half of ``conns`` connections (as in a
+    pair, whatever their number), retried while any is refused."""
     runs: list[Run] = []
     for _ in range(plan.attempts):
-        pair = [replace(r, round_no=round_no) for r in harness.drive_together(
+        together = [replace(r, round_no=round_no) for r in harness.drive_together(
             servers, connections=_half(conns), duration=plan.duration,
             cores=plan.load_cores, server_cores=plan.server_cores, limits=plan.limits)]
-        runs += pair
-        base, other = pair
-        verdict = "; ".join(f"REFUSED {r.server}: {r.refused}" for r in pair if r.refused)
+        runs += together
+        base = together[0]
+        verdict = "; ".join(f"REFUSED {r.server}: {r.refused}" for r in together if r.refused)
+        others = ", ".join(
+            f"{r.server}: {r.rps:7.0f} req/s "
+            f"({_fmt(r.rps / base.rps if base.rps else math.nan, '.3f')})"
+            for r in together[1:])
         click.echo(f"  round {round_no} c={conns:<3} {base.server}: {base.rps:7.0f} req/s, "
-                   f"{other.server}: {other.rps:7.0f} req/s "
-                   f"({_fmt(other.rps / base.rps if base.rps else math.nan, '.3f')}), "
-                   f"load {base.loadgen_cpu:4.0%} CPU: {verdict or 'ok'}", err=True)
+                   f"{others}, load {base.loadgen_cpu:4.0%} CPU: {verdict or 'ok'}", err=True)
         if not verdict:
             break
     return runs
@@ -376,7 +510,7 @@ def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan
                                    server_cores=plan.server_cores, limits=plan.limits)
             for conns in plan.connections:
                 runs = [r for n in range(1, plan.runs + 1)
-                        for r in _load_pair(servers, conns, n, plan)]
+                        for r in _load_together(servers, conns, n, plan)]
                 results += runs
                 b, o = harness.summarise(runs, {})
                 ratios = _ratios(o, b, "rps")
