@@ -419,20 +419,16 @@ def _report_whole_core(title: str, comparisons: Sequence[_Extrapolation], plan: 
                      f"{len(whole)}/{plan.runs} | {_fmt(median(two_on), '.3f')} | "
                      f"{_fmt(median(three_on), '.3f')} | **{_fmt(median(whole), '.3f')}** | "
                      f"{spread} |")
-    click.echo(f"\n{title}, whole core (event loop: {loop}; req/s of the compared server "
-               f"over the baseline's, median over rounds; with three servers, over the mean "
-               f"of the baseline and the third)\n")
-    click.echo("\n".join(lines))
-    click.echo("\nWith k servers sharing the core, work done whatever the load takes k times "
-               "the share of a server's throughput that it takes of a whole core, so the ratio "
-               "falls in a line with k; the whole-core column extends the line to one server, "
-               "round by round. The first row calibrates the method (its answer is known), "
-               "the second is a control of identical routers (answer 1).")
-    if save is not None:
-        save.write_text(json.dumps({"title": title, "loop": loop, "whole_core": True,
-                                    "rounds": saved}, indent=1))
-    if missing:
-        sys.exit(2)
+    _publish(f"{title}, whole core (event loop: {loop}; req/s of the compared server over "
+             f"the baseline's, median over rounds; with three servers, over the mean of the "
+             f"baseline and the third)", lines,
+             "With k servers sharing the core, work done whatever the load takes k times the "
+             "share of a server's throughput that it takes of a whole core, so the ratio falls "
+             "in a line with k; the whole-core column extends the line to one server, round by "
+             "round. The first row calibrates the method (its answer is known), the second is "
+             "a control of identical routers (answer 1).",
+             save, {"title": title, "loop": loop, "whole_core": True, "rounds": saved},
+             missing=missing)
 
 
 CALIBRATION_SHARE = 0.03  # of a core: the known background cost ``--whole-core`` must find
@@ -491,6 +487,19 @@ def _load_together(servers: Sequence[Server], conns: int, round_no: int, plan: _
     return runs
 
 
+def _publish(heading: str, lines: Sequence[str], note: str, save: Path | None,
+             record: dict[str, object], *, missing: bool) -> None:
+    """Print a comparison's table under ``heading`` with its ``note``, save ``record`` if
+    asked, and exit 2 when a row had no accepted round (it has no figure to report)."""
+    click.echo(f"\n{heading}\n")
+    click.echo("\n".join(lines))
+    click.echo(f"\n{note}")
+    if save is not None:
+        save.write_text(json.dumps(record, indent=1))
+    if missing:
+        sys.exit(2)
+
+
 def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan: _Plan, *,
                   loop: str, save: Path | None) -> None:
     """Each pair side by side on the server core, loaded at the same moment, round after
@@ -521,23 +530,18 @@ def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan
                              f"{len(ratios)}/{plan.runs} | "
                              f"{_fmt(_paired(o, b, 'rps'), '.3f')} | {spread} | "
                              f"{_fmt(_paired(o, b, 'cpu_us'), '.3f')} | {spilled} |")
-    click.echo(f"\n{title}, paired (event loop: {loop}; two servers at once on the server "
-               f"core, each with a load generator and half the connections; ratios: median "
-               f"over rounds)\n")
-    click.echo("\n".join(lines))
-    click.echo("\nEach server has half the core here, so work a router does whatever the load "
-               "(probing) takes twice the share of its throughput it takes of a whole core; "
-               "costs per launch show as they are. A ratio here is a lower bound on the "
-               "whole-core one. The first pair is a control of two identical servers: how far "
-               "its ratio is from 1 is how far the method can be off. \"Spilled\" is the share "
-               "of each router's launches (warm-up included) sent below their home member, "
-               "an artefact of members that never see the launches sent to them (n/a: the "
-               "reference routes nothing).")
-    if save is not None:
-        save.write_text(json.dumps({"title": title, "loop": loop, "paired": True,
-                                    "runs": [asdict(r) for r in results]}, indent=1))
-    if missing:
-        sys.exit(2)
+    _publish(f"{title}, paired (event loop: {loop}; two servers at once on the server core, "
+             f"each with a load generator and half the connections; ratios: median over "
+             f"rounds)", lines,
+             "Each server has half the core here, so work a router does whatever the load "
+             "(probing) takes twice the share of its throughput it takes of a whole core; costs "
+             "per launch show as they are. A ratio here is a lower bound on the whole-core one. "
+             "The first pair is a control of two identical servers: how far its ratio is from 1 "
+             "is how far the method can be off. \"Spilled\" is the share of each router's "
+             "launches (warm-up included) sent below their home member, an artefact of members "
+             "that never see the launches sent to them (n/a: the reference routes nothing).",
+             save, {"title": title, "loop": loop, "paired": True,
+                    "runs": [asdict(r) for r in results]}, missing=missing)
 
 
 @main.command()
