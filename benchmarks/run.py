@@ -148,8 +148,12 @@ def _ratios(s: Summary, b: Summary, attribute: str) -> list[float]:
 
 def _paired(s: Summary, b: Summary, attribute: str) -> float:
     """Median over rounds of ``s``'s figure divided by the baseline's in the same round."""
-    ratios = _ratios(s, b, attribute)
-    return statistics.median(ratios) if ratios else float("nan")
+    return _median(_ratios(s, b, attribute))
+
+
+def _median(values: Sequence[float]) -> float:
+    """The median, or NaN (printed "n/a") when no round counted."""
+    return statistics.median(values) if values else math.nan
 
 
 def _fmt(value: float, spec: str) -> str:
@@ -413,11 +417,10 @@ def _report_whole_core(title: str, comparisons: Sequence[_Extrapolation], plan: 
                     three_on.append(ratios[1])
                     whole.append(ratios[2])
         missing |= not whole
-        median = statistics.median if whole else (lambda _: math.nan)
         spread = f"{min(whole):.2f}–{max(whole):.2f}" if whole else "n/a"
         lines.append(f"| {base.name} | {other.name} | {c.expected or '?'} | "
-                     f"{len(whole)}/{plan.runs} | {_fmt(median(two_on), '.3f')} | "
-                     f"{_fmt(median(three_on), '.3f')} | **{_fmt(median(whole), '.3f')}** | "
+                     f"{len(whole)}/{plan.runs} | {_fmt(_median(two_on), '.3f')} | "
+                     f"{_fmt(_median(three_on), '.3f')} | **{_fmt(_median(whole), '.3f')}** | "
                      f"{spread} |")
     _publish(f"{title}, whole core (event loop: {loop}; req/s of the compared server over "
              f"the baseline's, median over rounds; with three servers, over the mean of the "
