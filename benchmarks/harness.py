@@ -1,10 +1,11 @@
 """Servers under test, the load generator, CPU pinning and the checks that make a run count.
 
 A server runs alone on its core (the "server core"); the load generator and the simulated
-members share the other one. Each run measures the CPU time both sides used. A run is refused,
-not reported, when the load generator was busy for most of its core (it, not the server, set
-the pace) or when the server was not kept busy (something else limited the run: the load
-generator, or another process taking the server's core).
+members share the other one, where servers waiting for their turn are parked (``park``).
+Each run measures the CPU time both sides used. A run is refused, not reported, when the
+load generator was busy for most of its core (it, not the server, set the pace) or when the
+server was not kept busy (something else limited the run: the load generator, or another
+process taking the server's core).
 """
 
 from __future__ import annotations
@@ -108,11 +109,41 @@ class Server:
     url: str
     log: Path
     routes: bool = True  # the router, with its metrics; the reference answers anything 307
+    idle_cpu: float = 0.0  # CPU seconds used while parked (``park``) ...
+    idle_wall: float = 0.0  # ... over these seconds
+    _parked_at: tuple[float, float] | None = None  # (CPU, clock) when last parked
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time the process has used so far."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / _TICK
+
+    def park(self, cores: set[int]) -> None:
+        """Move the server off the server core, onto ``cores``, until ``unpark``: another
+        is measured meanwhile, and this one's background work (probing) must not tax it.
+        The CPU it uses while parked, without load, is its background work
+        (``idle_share``)."""
+        self._move(cores)
+        self._parked_at = (self.cpu_seconds(), time.monotonic())
+
+    def unpark(self, cores: set[int]) -> None:
+        """Move the server back onto ``cores`` (the server core) to be measured."""
+        if self._parked_at is not None:
+            cpu, wall = self._parked_at
+            self.idle_cpu += self.cpu_seconds() - cpu
+            self.idle_wall += time.monotonic() - wall
+            self._parked_at = None
+        self._move(cores)
+
+    @property
+    def idle_share(self) -> float:
+        """The share of a core the server used while parked without load (NaN if never)."""
+        return self.idle_cpu / self.idle_wall if self.idle_wall else math.nan
+
+    def _move(self, cores: set[int]) -> None:
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():  # every thread
+            with contextlib.suppress(ProcessLookupError):  # one that has just ended
+                os.sched_setaffinity(int(task.name), cores)
 
     def rss_mib(self) -> float:
         """Resident set size now, in MiB."""

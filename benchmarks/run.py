@@ -13,8 +13,8 @@
 
 wrk drives the load when installed (``apt-get install wrk``), else a Python load generator
 that is usually too slow to saturate a server (such runs are refused, not reported). Servers
-run alone on the first core, the load generator on the others. Every figure is the median of
-the accepted runs. Loopback only.
+run alone on the first core, the load generator on the others, where the servers not being
+measured wait parked. Every figure is the median of the accepted runs. Loopback only.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import timeit
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -106,37 +106,45 @@ def _warm(server: Server, plan: _Plan) -> None:
                   cores=plan.load_cores, server_cores=plan.server_cores, limits=plan.limits)
 
 
-def _measure(contenders: Sequence[Contender], plan: _Plan, *, together: bool
-             ) -> tuple[list[Run], dict[str, list[float]]]:
-    """Load every contender at every level, round after round.
+def _measure(contenders: Sequence[Contender], plan: _Plan
+             ) -> tuple[list[Run], dict[str, list[float]], dict[str, float]]:
+    """Load every contender at every level, round after round; also the runs' RSS and each
+    contender's CPU while idle (``Server.idle_share``), by name.
 
-    ``together``: all contenders run side by side and are loaded in turn, run after run, so
-    each round pairs runs made seconds apart (an idle contender costs its core nothing).
-    Otherwise each round starts each contender alone (one whose background work would tax
-    the others, like probing 100 members, must not share the core while they are measured).
+    All contenders run side by side for the whole benchmark, so none is measured in its
+    first seconds, and each round pairs runs made seconds apart. The one being loaded has
+    the server core to itself; the others wait parked on the load cores, where their
+    background work (probing 100 members) cannot tax it. Rounds alternate the order, first
+    to last then last to first, so a machine that drifts during a round weighs on every
+    contender alike.
     """
     results: list[Run] = []
-    rss: dict[str, list[float]] = {}
-    if together:
-        with contextlib.ExitStack() as stack:
-            servers = [stack.enter_context(start()) for start in contenders]
-            for server in servers:
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(start()) for start in contenders]
+        for server in servers:
+            server.park(plan.load_cores)
+        for server in servers:
+            with _on_server_core(server, plan):
                 _warm(server, plan)
-            for round_no in range(1, plan.runs + 1):
-                for conns in plan.connections:
-                    for server in servers:
+        for round_no in range(1, plan.runs + 1):
+            order = servers if round_no % 2 else servers[::-1]
+            for conns in plan.connections:
+                for server in order:
+                    with _on_server_core(server, plan):
                         results += _load(server, conns, round_no, plan)
-            for server in servers:
-                rss[server.name] = [server.rss_mib()]
-        return results, rss
-    for round_no in range(1, plan.runs + 1):
-        for start in contenders:
-            with start() as server:
-                _warm(server, plan)
-                for conns in plan.connections:
-                    results += _load(server, conns, round_no, plan)
-                rss.setdefault(server.name, []).append(server.rss_mib())
-    return results, rss
+        rss = {server.name: [server.rss_mib()] for server in servers}
+        idle = {server.name: server.idle_share for server in servers}
+    return results, rss, idle
+
+
+@contextlib.contextmanager
+def _on_server_core(server: Server, plan: _Plan) -> Iterator[None]:
+    """``server`` on the server core for a while, then parked on the load cores again."""
+    server.unpark(plan.server_cores)
+    try:
+        yield
+    finally:
+        server.park(plan.load_cores)
 
 
 def _ratios(s: Summary, b: Summary, attribute: str) -> list[float]:
@@ -164,10 +172,11 @@ def _percent(share: float) -> str:
     return "n/a" if math.isnan(share) else f"{100 * share:.1f} %"
 
 
-def _table(summaries: Sequence[Summary], baseline: str) -> str:
+def _table(summaries: Sequence[Summary], baseline: str, idle: Mapping[str, float]) -> str:
     lines = ["| connections | server | req/s | p50 ms | p99 ms | errors | server CPU µs/req "
-             "| RSS after load MiB | runs counted | req/s ÷ baseline | p99 ÷ baseline |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| idle CPU % of a core | RSS after load MiB | runs counted | req/s ÷ baseline "
+             "| p99 ÷ baseline |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base = {s.connections: s for s in summaries if s.server == baseline}
     for s in sorted(summaries, key=lambda s: s.connections):
         b = base.get(s.connections)
@@ -178,7 +187,8 @@ def _table(summaries: Sequence[Summary], baseline: str) -> str:
         rss = max(s.rss_mib) if s.rss_mib else float("nan")
         lines.append(f"| {s.connections} | {s.server} | {_fmt(s.median('rps'), ',.0f')} | "
                      f"{_fmt(s.median('p50_ms'), '.2f')} | {_fmt(s.median('p99_ms'), '.2f')} | "
-                     f"{errors} | {_fmt(s.median('cpu_us'), '.1f')} | {_fmt(rss, '.1f')} | "
+                     f"{errors} | {_fmt(s.median('cpu_us'), '.1f')} | "
+                     f"{_fmt(100 * idle.get(s.server, math.nan), '.2f')} | {_fmt(rss, '.1f')} | "
                      f"{len(s.accepted)}/{len(s.runs)} | "
                      f"{_fmt(ratio, '.2f')} | {_fmt(p99, '.2f')} |")
     return "\n".join(lines)
@@ -186,19 +196,19 @@ def _table(summaries: Sequence[Summary], baseline: str) -> str:
 
 def _report(title: str, contenders: Sequence[Contender], baseline: str, *,
             connections: Sequence[int], runs: int, duration: float, warmup: float,
-            attempts: int, limits: Limits, loop: str, save: Path | None,
-            together: bool) -> None:
+            attempts: int, limits: Limits, loop: str, save: Path | None) -> None:
     server_cores, load_cores = harness.pinning()
     click.echo(f"{title}: {runs} runs of {duration:g} s per cell, loop {loop}, load by "
                f"{_loadgen_name()}; servers on cores {sorted(server_cores)}, load on "
                f"{sorted(load_cores)}", err=True)
     plan = _Plan(connections, runs, duration, warmup, attempts, limits, server_cores,
                  load_cores)
-    results, rss = _measure(contenders, plan, together=together)
+    results, rss, idle = _measure(contenders, plan)
     summaries = harness.summarise(results, rss)
     click.echo(f"\n{title} (event loop: {loop}; medians of accepted runs; ratios: median over "
-               f"rounds of same-round pairs; RSS: the largest seen after load)\n")
-    click.echo(_table(summaries, baseline))
+               f"rounds of same-round pairs; idle CPU: while parked, without load, over the "
+               f"whole run; RSS: after the last run)\n")
+    click.echo(_table(summaries, baseline, idle))
     refused = [r for r in results if r.refused]
     if refused:
         click.echo(f"\n{len(refused)} run(s) refused: "
@@ -206,7 +216,8 @@ def _report(title: str, contenders: Sequence[Contender], baseline: str, *,
                                        for r in refused})))
     if save is not None:
         save.write_text(json.dumps({"title": title, "loop": loop,
-                                    "runs": [asdict(r) for r in results], "rss_mib": rss},
+                                    "runs": [asdict(r) for r in results], "rss_mib": rss,
+                                    "idle_cpu_share": idle},
                                    indent=1))
     if any(not s.accepted for s in summaries):
         sys.exit(2)  # a cell without one accepted run has no figure to report
@@ -281,7 +292,7 @@ def throughput(connections: str, member_count: int, paired: bool, runs: int,
             return
         _report(title, contenders, "reference", connections=_counts(connections), runs=runs,
                 duration=duration, warmup=warmup, attempts=attempts, limits=limits, loop=loop,
-                save=save, together=True)
+                save=save)
 
 
 @main.command()
@@ -349,7 +360,7 @@ def probing(connections: str, churn: bool, paired: bool, whole_core: bool,
             return
         _report(title, contenders, small, connections=_counts(connections), runs=runs,
                 duration=duration, warmup=warmup, attempts=attempts, limits=limits,
-                loop=loop, save=save, together=False)
+                loop=loop, save=save)
 
 
 @dataclass(frozen=True)
