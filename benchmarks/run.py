@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import random
 import statistics
 import subprocess
 import sys
@@ -44,7 +45,7 @@ from benchmarks.instructions import (
 )
 from benchmarks.placement import placement_table, run_placement
 
-__all__ = ["extrapolate", "main"]
+__all__ = ["extrapolate", "interval", "main"]
 
 Contender = Callable[[], contextlib.AbstractContextManager[Server]]
 
@@ -164,6 +165,32 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
+def interval(values: Sequence[float], *, level: float = 0.9, draws: int = 2000,
+             seed: int = 0) -> tuple[float, float]:
+    """Where ``level`` of the medians of resamples of ``values`` fall (a bootstrap interval
+    of the median; NaNs when there are none).
+
+    Rounds on a shared machine spread by up to ±20 %, so a median alone hides how far it can
+    be trusted. The interval covers the rounds' spread only: a shift of the whole machine
+    during a run moves it too. A fixed seed gives the same interval for the same rounds.
+    """
+    if not values:
+        return math.nan, math.nan
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values)))
+                     for _ in range(draws))
+    tail = int(draws * (1 - level) / 2)
+    return medians[tail], medians[-1 - tail]
+
+
+def _spread(ratios: Sequence[float]) -> str:
+    """The median's 90 % interval, then the rounds' range: "0.88–0.97 (0.65–1.26)"."""
+    if not ratios:
+        return "n/a"
+    low, high = interval(ratios)
+    return f"{low:.2f}–{high:.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
+
+
 def _fmt(value: float, spec: str) -> str:
     return "n/a" if math.isnan(value) else format(value, spec)
 
@@ -175,14 +202,16 @@ def _percent(share: float) -> str:
 def _table(summaries: Sequence[Summary], baseline: str, idle: Mapping[str, float]) -> str:
     lines = ["| connections | server | req/s | p50 ms | p99 ms | errors | server CPU µs/req "
              "| idle CPU % of a core | RSS after load MiB | runs counted | req/s ÷ baseline "
-             "| p99 ÷ baseline |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| its 90 % interval (rounds) | p99 ÷ baseline |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     base = {s.connections: s for s in summaries if s.server == baseline}
     for s in sorted(summaries, key=lambda s: s.connections):
         b = base.get(s.connections)
         ratio = p99 = float("nan")
+        spread = ""
         if b is not None and s is not b:
             ratio, p99 = _paired(s, b, "rps"), _paired(s, b, "p99_ms")
+            spread = _spread(_ratios(s, b, "rps"))
         errors = sum(r.errors for r in s.accepted)
         rss = max(s.rss_mib) if s.rss_mib else float("nan")
         lines.append(f"| {s.connections} | {s.server} | {_fmt(s.median('rps'), ',.0f')} | "
@@ -190,7 +219,7 @@ def _table(summaries: Sequence[Summary], baseline: str, idle: Mapping[str, float
                      f"{errors} | {_fmt(s.median('cpu_us'), '.1f')} | "
                      f"{_fmt(100 * idle.get(s.server, math.nan), '.2f')} | {_fmt(rss, '.1f')} | "
                      f"{len(s.accepted)}/{len(s.runs)} | "
-                     f"{_fmt(ratio, '.2f')} | {_fmt(p99, '.2f')} |")
+                     f"{_fmt(ratio, '.2f')} | {spread} | {_fmt(p99, '.2f')} |")
     return "\n".join(lines)
 
 
@@ -206,8 +235,8 @@ def _report(title: str, contenders: Sequence[Contender], baseline: str, *,
     results, rss, idle = _measure(contenders, plan)
     summaries = harness.summarise(results, rss)
     click.echo(f"\n{title} (event loop: {loop}; medians of accepted runs; ratios: median over "
-               f"rounds of same-round pairs; idle CPU: while parked, without load, over the "
-               f"whole run; RSS: after the last run)\n")
+               f"rounds of same-round pairs, with a 90 % bootstrap interval; idle CPU: while "
+               f"parked, without load, over the whole run; RSS: after the last run)\n")
     click.echo(_table(summaries, baseline, idle))
     refused = [r for r in results if r.refused]
     if refused:
@@ -406,7 +435,7 @@ def _report_whole_core(title: str, comparisons: Sequence[_Extrapolation], plan: 
                f"servers on the core, then three, {_half(conns)} connections each, loop "
                f"{loop}, load by {_loadgen_name()}", err=True)
     lines = ["| baseline | compared | known beforehand | rounds counted | 2 on the core | "
-             "3 on the core | whole core (2 × col. 5 − col. 6) | per round |",
+             "3 on the core | whole core (2 × col. 5 − col. 6) | its 90 % interval (rounds) |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     saved: list[dict[str, object]] = []
     missing = False
@@ -428,11 +457,10 @@ def _report_whole_core(title: str, comparisons: Sequence[_Extrapolation], plan: 
                     three_on.append(ratios[1])
                     whole.append(ratios[2])
         missing |= not whole
-        spread = f"{min(whole):.2f}–{max(whole):.2f}" if whole else "n/a"
         lines.append(f"| {base.name} | {other.name} | {c.expected or '?'} | "
                      f"{len(whole)}/{plan.runs} | {_fmt(_median(two_on), '.3f')} | "
                      f"{_fmt(_median(three_on), '.3f')} | **{_fmt(_median(whole), '.3f')}** | "
-                     f"{spread} |")
+                     f"{_spread(whole)} |")
     _publish(f"{title}, whole core (event loop: {loop}; req/s of the compared server over "
              f"the baseline's, median over rounds; with three servers, over the mean of the "
              f"baseline and the third)", lines,
@@ -521,7 +549,7 @@ def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan
     click.echo(f"{title}, paired: {plan.runs} runs of {plan.duration:g} s per pair and "
                f"level, loop {loop}, load by {_loadgen_name()}", err=True)
     lines = ["| connections | baseline | compared | rounds counted | req/s ÷ baseline | "
-             "per round | CPU µs/req ÷ baseline | spilled: baseline, compared |",
+             "its 90 % interval (rounds) | CPU µs/req ÷ baseline | spilled: baseline, compared |",
              "|---:|---|---|---:|---:|---|---:|---:|"]
     results: list[Run] = []
     missing = False
@@ -538,11 +566,10 @@ def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan
                 b, o = harness.summarise(runs, {})
                 ratios = _ratios(o, b, "rps")
                 missing |= not ratios
-                spread = f"{min(ratios):.2f}–{max(ratios):.2f}" if ratios else "n/a"
                 spilled = ", ".join(_percent(s.spill_share()) for s in servers)
                 lines.append(f"| {conns} | {base.name} | {other.name} | "
                              f"{len(ratios)}/{plan.runs} | "
-                             f"{_fmt(_paired(o, b, 'rps'), '.3f')} | {spread} | "
+                             f"{_fmt(_paired(o, b, 'rps'), '.3f')} | {_spread(ratios)} | "
                              f"{_fmt(_paired(o, b, 'cpu_us'), '.3f')} | {spilled} |")
     _publish(f"{title}, paired (event loop: {loop}; two servers at once on the server core, "
              f"each with a load generator and half the connections; ratios: median over "
