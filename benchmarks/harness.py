@@ -413,7 +413,6 @@ class Summary:
     server: str
     connections: int
     runs: list[Run] = field(default_factory=list)
-    rss_mib: list[float] = field(default_factory=list)
 
     @property
     def accepted(self) -> list[Run]:
@@ -426,11 +425,11 @@ class Summary:
         return statistics.median(values) if values else float("nan")
 
 
-def summarise(runs: Sequence[Run], rss: dict[str, list[float]]) -> list[Summary]:
+def summarise(runs: Sequence[Run]) -> list[Summary]:
     """Group runs by (server, connections), keeping first-seen order."""
     out: dict[tuple[str, int], Summary] = {}
     for run in runs:
         key = (run.server, run.connections)
-        out.setdefault(key, Summary(run.server, run.connections, rss_mib=rss.get(run.server, [])))
+        out.setdefault(key, Summary(run.server, run.connections))
         out[key].runs.append(run)
     return list(out.values())

@@ -107,10 +107,19 @@ def _warm(server: Server, plan: _Plan) -> None:
                   cores=plan.load_cores, server_cores=plan.server_cores, limits=plan.limits)
 
 
+@dataclass(frozen=True)
+class _Standing:
+    """What a server showed over a whole benchmark, read once its runs are done."""
+
+    rss_mib: float
+    idle_share: float  # of a core, while parked without load (``Server.idle_share``)
+    spilled: float  # share of its launches sent below their home member (NaN: reference)
+
+
 def _measure(contenders: Sequence[Contender], plan: _Plan
-             ) -> tuple[list[Run], dict[str, list[float]], dict[str, float]]:
-    """Load every contender at every level, round after round; also the runs' RSS and each
-    contender's CPU while idle (``Server.idle_share``), by name.
+             ) -> tuple[list[Run], dict[str, _Standing]]:
+    """Load every contender at every level, round after round; the runs, and each
+    contender's standing at the end, by name.
 
     All contenders run side by side for the whole benchmark, so none is measured in its
     first seconds, and each round pairs runs made seconds apart. The one being loaded has
@@ -133,9 +142,9 @@ def _measure(contenders: Sequence[Contender], plan: _Plan
                 for server in order:
                     with _on_server_core(server, plan):
                         results += _load(server, conns, round_no, plan)
-        rss = {server.name: [server.rss_mib()] for server in servers}
-        idle = {server.name: server.idle_share for server in servers}
-    return results, rss, idle
+        standing = {s.name: _Standing(s.rss_mib(), s.idle_share, s.spill_share())
+                    for s in servers}
+    return results, standing
 
 
 @contextlib.contextmanager
@@ -199,11 +208,12 @@ def _percent(share: float) -> str:
     return "n/a" if math.isnan(share) else f"{100 * share:.1f} %"
 
 
-def _table(summaries: Sequence[Summary], baseline: str, idle: Mapping[str, float]) -> str:
+def _table(summaries: Sequence[Summary], baseline: str,
+           standing: Mapping[str, _Standing]) -> str:
     lines = ["| connections | server | req/s | p50 ms | p99 ms | errors | server CPU µs/req "
-             "| idle CPU % of a core | RSS after load MiB | runs counted | req/s ÷ baseline "
-             "| its 90 % interval (rounds) | p99 ÷ baseline |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "| idle CPU % of a core | launches spilled | RSS after load MiB | runs counted "
+             "| req/s ÷ baseline | its 90 % interval (rounds) | p99 ÷ baseline |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     base = {s.connections: s for s in summaries if s.server == baseline}
     for s in sorted(summaries, key=lambda s: s.connections):
         b = base.get(s.connections)
@@ -213,11 +223,12 @@ def _table(summaries: Sequence[Summary], baseline: str, idle: Mapping[str, float
             ratio, p99 = _paired(s, b, "rps"), _paired(s, b, "p99_ms")
             spread = _spread(_ratios(s, b, "rps"))
         errors = sum(r.errors for r in s.accepted)
-        rss = max(s.rss_mib) if s.rss_mib else float("nan")
+        end = standing[s.server]
         lines.append(f"| {s.connections} | {s.server} | {_fmt(s.median('rps'), ',.0f')} | "
                      f"{_fmt(s.median('p50_ms'), '.2f')} | {_fmt(s.median('p99_ms'), '.2f')} | "
                      f"{errors} | {_fmt(s.median('cpu_us'), '.1f')} | "
-                     f"{_fmt(100 * idle.get(s.server, math.nan), '.2f')} | {_fmt(rss, '.1f')} | "
+                     f"{_fmt(100 * end.idle_share, '.2f')} | {_percent(end.spilled)} | "
+                     f"{_fmt(end.rss_mib, '.1f')} | "
                      f"{len(s.accepted)}/{len(s.runs)} | "
                      f"{_fmt(ratio, '.2f')} | {spread} | {_fmt(p99, '.2f')} |")
     return "\n".join(lines)
@@ -232,12 +243,13 @@ def _report(title: str, contenders: Sequence[Contender], baseline: str, *,
                f"{sorted(load_cores)}", err=True)
     plan = _Plan(connections, runs, duration, warmup, attempts, limits, server_cores,
                  load_cores)
-    results, rss, idle = _measure(contenders, plan)
-    summaries = harness.summarise(results, rss)
+    results, standing = _measure(contenders, plan)
+    summaries = harness.summarise(results)
     click.echo(f"\n{title} (event loop: {loop}; medians of accepted runs; ratios: median over "
                f"rounds of same-round pairs, with a 90 % bootstrap interval; idle CPU: while "
-               f"parked, without load, over the whole run; RSS: after the last run)\n")
-    click.echo(_table(summaries, baseline, idle))
+               f"parked, without load, and spilled launches: over the whole run; RSS: after "
+               f"the last run)\n")
+    click.echo(_table(summaries, baseline, standing))
     refused = [r for r in results if r.refused]
     if refused:
         click.echo(f"\n{len(refused)} run(s) refused: "
@@ -245,8 +257,8 @@ def _report(title: str, contenders: Sequence[Contender], baseline: str, *,
                                        for r in refused})))
     if save is not None:
         save.write_text(json.dumps({"title": title, "loop": loop,
-                                    "runs": [asdict(r) for r in results], "rss_mib": rss,
-                                    "idle_cpu_share": idle},
+                                    "runs": [asdict(r) for r in results],
+                                    "standing": {n: asdict(e) for n, e in standing.items()}},
                                    indent=1))
     if any(not s.accepted for s in summaries):
         sys.exit(2)  # a cell without one accepted run has no figure to report
@@ -563,7 +575,7 @@ def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan
                 runs = [r for n in range(1, plan.runs + 1)
                         for r in _load_together(servers, conns, n, plan)]
                 results += runs
-                b, o = harness.summarise(runs, {})
+                b, o = harness.summarise(runs)
                 ratios = _ratios(o, b, "rps")
                 missing |= not ratios
                 spilled = ", ".join(_percent(s.spill_share()) for s in servers)
