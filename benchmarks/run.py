@@ -218,7 +218,7 @@ def _table(summaries: Sequence[Summary], baseline: str,
     for s in sorted(summaries, key=lambda s: s.connections):
         b = base.get(s.connections)
         ratio = p99 = float("nan")
-        spread = ""
+        spread = "n/a"
         if b is not None and s is not b:
             ratio, p99 = _paired(s, b, "rps"), _paired(s, b, "p99_ms")
             spread = _spread(_ratios(s, b, "rps"))
