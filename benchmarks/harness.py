@@ -37,6 +37,7 @@ __all__ = [
     "Run",
     "Server",
     "Summary",
+    "background",
     "choose_loop",
     "drive",
     "drive_together",
@@ -404,6 +405,16 @@ def drive_together(servers: Sequence[Server], *, connections: int, duration: flo
                         result["p50_ms"], result["p99_ms"], int(result["errors"]), cpu,
                         gen_cpu, refused))
     return runs
+
+
+def background(servers: Sequence[Server], seconds: float) -> list[float]:
+    """The share of a core each of ``servers`` uses over ``seconds`` without load, where
+    they are: the work it does whatever the load (probing), for CPU accounting
+    (``benchmarks.accounting``)."""
+    before, started = [s.cpu_seconds() for s in servers], time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - started
+    return [(s.cpu_seconds() - b) / wall for s, b in zip(servers, before, strict=True)]
 
 
 @dataclass

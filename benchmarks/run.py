@@ -5,8 +5,9 @@
   same event loop, at 16 and 64 connections.
 * ``probing`` — the router with 100 members probed every second against 3 members probed
   every 10 s; the difference is what probing costs the request path. ``--paired`` loads
-  two routers at once (a lower bound); ``--whole-core`` extrapolates from two and three
-  routers on the core to one, after a calibration whose answer is known.
+  two routers at once (the raw ratio a lower bound, beside it the whole-core ratio by CPU
+  accounting, checked by a calibration whose answer is known); ``--whole-core``
+  extrapolates from two and three routers on the core to one.
 * ``placement`` — microseconds per routing decision (parse + route) at 3, 5, 10, 100 members.
 * ``instructions`` — user-space instructions per launch under callgrind, router vs reference:
   steady where timings on a shared machine are not (needs ``apt-get install valgrind``).
@@ -36,6 +37,7 @@ from pathlib import Path
 import click
 
 from benchmarks import harness
+from benchmarks.accounting import whole_core_ratios
 from benchmarks.harness import Limits, Run, Server, Summary
 from benchmarks.instructions import (
     count_instructions,
@@ -329,7 +331,7 @@ def throughput(connections: str, member_count: int, paired: bool, runs: int,
                          server_cores, load_cores)
             again = partial(reference, name="reference, again")
             _report_pairs(title, [(reference, again), (reference, contenders[1])], plan,
-                          loop=loop, save=save)
+                          loop=loop, save=save, expected={0: "1.000"})
             return
         _report(title, contenders, "reference", connections=_counts(connections), runs=runs,
                 duration=duration, warmup=warmup, attempts=attempts, limits=limits, loop=loop,
@@ -396,8 +398,9 @@ def probing(connections: str, churn: bool, paired: bool, whole_core: bool,
             again = partial(harness.router, f"{small}, again", workdir, urls[:3],
                             interval=10.0, loop=loop, cores=server_cores,
                             load_factor=load_factor)
-            _report_pairs(title, [(first, again), (first, middle), (middle, last),
-                                  (first, last)], plan, loop=loop, save=save)
+            _report_pairs(title, [_calibration(workdir, loop, server_cores), (first, again),
+                                  (first, middle), (middle, last), (first, last)], plan,
+                          loop=loop, save=save, expected={0: _KNOWN_CALIBRATION, 1: "1.000"})
             return
         _report(title, contenders, small, connections=_counts(connections), runs=runs,
                 duration=duration, warmup=warmup, attempts=attempts, limits=limits,
@@ -488,6 +491,18 @@ def _report_whole_core(title: str, comparisons: Sequence[_Extrapolation], plan: 
 CALIBRATION_SHARE = 0.03  # of a core: the known background cost ``--whole-core`` must find
 
 
+def _calibration(workdir: Path, loop: str, cores: set[int]) -> tuple[Contender, Contender]:
+    """A reference, and one spending ``CALIBRATION_SHARE`` of a core on busy work besides:
+    a pair whose whole-core ratio is known (``1 - CALIBRATION_SHARE``)."""
+    busy = f"reference spending {CALIBRATION_SHARE:.0%} of a core on busy work"
+    return (partial(harness.reference, workdir, loop=loop, cores=cores, name="reference"),
+            partial(harness.reference, workdir, loop=loop, cores=cores, name=busy,
+                    background=CALIBRATION_SHARE))
+
+
+_KNOWN_CALIBRATION = f"{1 - CALIBRATION_SHARE:.3f}"
+
+
 def _whole_core_comparisons(workdir: Path, urls: Sequence[str], contenders: Sequence[Contender],
                             loop: str, cores: set[int], load_factor: float | None
                             ) -> list[_Extrapolation]:
@@ -498,19 +513,18 @@ def _whole_core_comparisons(workdir: Path, urls: Sequence[str], contenders: Sequ
         return partial(harness.router, name, workdir, urls[:3], interval=10.0, loop=loop,
                        cores=cores, load_factor=load_factor)
 
-    def reference(name: str, background: float = 0.0) -> Contender:
-        return partial(harness.reference, workdir, loop=loop, cores=cores, name=name,
-                       background=background)
-
     first, _, last = contenders
-    busy = f"reference spending {CALIBRATION_SHARE:.0%} of a core on busy work"
+    reference, busy = _calibration(workdir, loop, cores)
     return [
-        _Extrapolation(reference("reference"), reference(busy, CALIBRATION_SHARE),
-                       reference("reference, third"), f"{1 - CALIBRATION_SHARE:.3f}"),
+        _Extrapolation(reference, busy, partial(reference, name="reference, third"),
+                       _KNOWN_CALIBRATION),
         _Extrapolation(first, small("3 members probed every 10 s, again"),
                        small("3 members probed every 10 s, third"), "1.000"),
         _Extrapolation(first, last, small("3 members probed every 10 s, third"), ""),
     ]
+
+
+_IDLE_SECONDS = 15.0  # per pair, without load: CPU counted in 10 ms ticks reads 2.5 % to ±0.07 %
 
 
 def _half(conns: int) -> int:
@@ -555,45 +569,62 @@ def _publish(heading: str, lines: Sequence[str], note: str, save: Path | None,
 
 
 def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan: _Plan, *,
-                  loop: str, save: Path | None) -> None:
+                  loop: str, save: Path | None, expected: Mapping[int, str] | None = None
+                  ) -> None:
     """Each pair side by side on the server core, loaded at the same moment, round after
-    round; the table gives the second's figures over the first's."""
+    round; the table gives the second's figures over the first's, as they are and on a
+    whole core by CPU accounting (``benchmarks.accounting``). ``expected``: the
+    whole-core ratio known beforehand, by the pair's index (the calibration)."""
     click.echo(f"{title}, paired: {plan.runs} runs of {plan.duration:g} s per pair and "
                f"level, loop {loop}, load by {_loadgen_name()}", err=True)
     lines = ["| connections | baseline | compared | rounds counted | req/s ÷ baseline | "
-             "its 90 % interval (rounds) | CPU µs/req ÷ baseline | spilled: baseline, compared |",
-             "|---:|---|---|---:|---:|---|---:|---:|"]
+             "its 90 % interval (rounds) | CPU µs/req ÷ baseline | idle CPU % of a core: "
+             "baseline, compared | **whole core, by CPU accounting** | its 90 % interval "
+             "(rounds) | known | spilled: baseline, compared |",
+             "|---:|---|---|---:|---:|---|---:|---|---:|---|---:|---|"]
     results: list[Run] = []
+    idle: dict[str, float] = {}
     missing = False
-    for start_base, start_other in pairs:
+    for index, (start_base, start_other) in enumerate(pairs):
         with start_base() as base, start_other() as other:
             servers = (base, other)
             harness.drive_together(servers, connections=_half(max(plan.connections)),
                                    duration=plan.warmup, cores=plan.load_cores,
                                    server_cores=plan.server_cores, limits=plan.limits)
+            base_idle, other_idle = harness.background(servers, _IDLE_SECONDS)
+            idle |= {base.name: base_idle, other.name: other_idle}
             for conns in plan.connections:
                 runs = [r for n in range(1, plan.runs + 1)
                         for r in _load_together(servers, conns, n, plan)]
                 results += runs
                 b, o = harness.summarise(runs)
                 ratios = _ratios(o, b, "rps")
+                whole = whole_core_ratios(o.runs, b.runs, compared_background=other_idle,
+                                          baseline_background=base_idle)
                 missing |= not ratios
                 spilled = ", ".join(_percent(s.spill_share()) for s in servers)
                 lines.append(f"| {conns} | {base.name} | {other.name} | "
                              f"{len(ratios)}/{plan.runs} | "
                              f"{_fmt(_paired(o, b, 'rps'), '.3f')} | {_spread(ratios)} | "
-                             f"{_fmt(_paired(o, b, 'cpu_us'), '.3f')} | {spilled} |")
+                             f"{_fmt(_paired(o, b, 'cpu_us'), '.3f')} | "
+                             f"{100 * base_idle:.2f}, {100 * other_idle:.2f} | "
+                             f"**{_fmt(_median(whole), '.3f')}** | {_spread(whole)} | "
+                             f"{(expected or {}).get(index, '')} | {spilled} |")
     _publish(f"{title}, paired (event loop: {loop}; two servers at once on the server core, "
              f"each with a load generator and half the connections; ratios: median over "
              f"rounds)", lines,
              "Each server has half the core here, so work a router does whatever the load "
              "(probing) takes twice the share of its throughput it takes of a whole core; costs "
-             "per launch show as they are. A ratio here is a lower bound on the whole-core one. "
-             "The first pair is a control of two identical servers: how far its ratio is from 1 "
-             "is how far the method can be off. \"Spilled\" is the share of each router's "
-             "launches (warm-up included) sent below their home member, an artefact of members "
-             "that never see the launches sent to them (n/a: the reference routes nothing).",
-             save, {"title": title, "loop": loop, "paired": True,
+             "per launch show as they are. \"Whole core, by CPU accounting\" takes the two "
+             f"apart: each server's idle CPU ({_IDLE_SECONDS:g} s without load, after the "
+             "warm-up) is its background work, the rest of its CPU in a round is its launches' "
+             "work, and alone on a whole core the core less the background would go to "
+             "launches. Where a pair's whole-core ratio is known, its distance from the known "
+             "value is how far the method can be off; a pair of identical servers is a "
+             "control. \"Spilled\" is the share of each router's launches (warm-up "
+             "included) sent below their home member, an artefact of members that never see "
+             "the launches sent to them (n/a: the reference routes nothing).",
+             save, {"title": title, "loop": loop, "paired": True, "idle": idle,
                     "runs": [asdict(r) for r in results]}, missing=missing)
 
 

@@ -1,4 +1,5 @@
-"""Sequential benchmark runs park the servers not being measured on the load cores."""
+"""Sequential benchmark runs park the servers not being measured on the load cores; paired
+runs measure each server's CPU without load (its background work) where it runs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harness import Server
+from benchmarks.harness import Server, background
 
 # A process with a second thread that spins: parking must move both, and count their CPU.
 _SPINNER = """
@@ -52,3 +53,19 @@ def test_parking_moves_every_thread_and_counts_its_cpu(spinner: Server) -> None:
     assert 0.3 < spinner.idle_share < 1.3  # the spinning thread kept its core busy
     time.sleep(0.3)  # unparked: not idle time
     assert spinner.idle_wall < 0.8
+
+
+def test_background_is_the_cpu_each_server_uses_without_load(spinner: Server,
+                                                             tmp_path: Path) -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True);"
+                                " time.sleep(60)"], stdout=subprocess.PIPE)
+    assert sleeper.stdout is not None and sleeper.stdout.readline() == b"ready\n"  # started
+    idle = Server("sleeper", sleeper, "http://127.0.0.1:1", tmp_path / "sleeper.log",
+                  routes=False)
+    try:
+        spinning, sleeping = background([spinner, idle], 0.6)
+    finally:
+        idle.stop()
+        sleeper.stdout.close()
+    assert 0.5 < spinning < 1.3  # its spinning thread's core, in the order given
+    assert sleeping < 0.1
