@@ -408,9 +408,9 @@ def drive_together(servers: Sequence[Server], *, connections: int, duration: flo
 
 
 def background(servers: Sequence[Server], seconds: float) -> list[float]:
-    """The share of a core each of ``servers`` uses over ``seconds`` without load, where
-    they are: the work it does whatever the load (probing), for CPU accounting
-    (``benchmarks.accounting``)."""
+    """The share of a core each of ``servers`` uses over ``seconds`` without load, on
+    whichever cores it has: its work whatever the load (probing), which CPU accounting
+    (``benchmarks.accounting``) sets apart from its launches' work."""
     before, started = [s.cpu_seconds() for s in servers], time.monotonic()
     time.sleep(seconds)
     wall = time.monotonic() - started

@@ -574,7 +574,7 @@ def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan
     """Each pair side by side on the server core, loaded at the same moment, round after
     round; the table gives the second's figures over the first's, as they are and on a
     whole core by CPU accounting (``benchmarks.accounting``). ``expected``: the
-    whole-core ratio known beforehand, by the pair's index (the calibration)."""
+    whole-core ratio known beforehand, by the pair's index (calibration, control)."""
     click.echo(f"{title}, paired: {plan.runs} runs of {plan.duration:g} s per pair and "
                f"level, loop {loop}, load by {_loadgen_name()}", err=True)
     lines = ["| connections | baseline | compared | rounds counted | req/s ÷ baseline | "
