@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
-from benchmarks.harness import Run
+from benchmarks.harness import Run, same_round_ratios
 
 __all__ = ["whole_core_rate", "whole_core_ratios"]
 
@@ -40,12 +41,6 @@ def whole_core_ratios(compared: Sequence[Run], baseline: Sequence[Run], *,
                       compared_background: float, baseline_background: float) -> list[float]:
     """Per round, the compared server's whole-core rate over the baseline's, from accepted
     runs of the same round (``Run.round_no``)."""
-    base = {r.round_no: whole_core_rate(r, baseline_background)
-            for r in baseline if r.refused is None}
-    ratios = []
-    for run in compared:
-        if run.refused is None and run.round_no in base:
-            ratio = whole_core_rate(run, compared_background) / base[run.round_no]
-            if not math.isnan(ratio):
-                ratios.append(ratio)
-    return ratios
+    return same_round_ratios(compared, baseline,
+                             partial(whole_core_rate, background=compared_background),
+                             partial(whole_core_rate, background=baseline_background))

@@ -46,6 +46,7 @@ __all__ = [
     "pinning",
     "reference",
     "router",
+    "same_round_ratios",
     "summarise",
 ]
 
@@ -405,6 +406,23 @@ def drive_together(servers: Sequence[Server], *, connections: int, duration: flo
                         result["p50_ms"], result["p99_ms"], int(result["errors"]), cpu,
                         gen_cpu, refused))
     return runs
+
+
+def same_round_ratios(compared: Sequence[Run], baseline: Sequence[Run],
+                      figure: Callable[[Run], float],
+                      baseline_figure: Callable[[Run], float] | None = None) -> list[float]:
+    """Per round, the compared server's ``figure`` over the baseline's in the same round
+    (``Run.round_no``), from accepted runs only; rounds without a figure (NaN) are left
+    out. ``baseline_figure`` defaults to ``figure``."""
+    of_base = figure if baseline_figure is None else baseline_figure
+    base = {r.round_no: of_base(r) for r in baseline if r.refused is None}
+    ratios = []
+    for run in compared:
+        if run.refused is None and run.round_no in base:
+            ratio = figure(run) / base[run.round_no]
+            if not math.isnan(ratio):
+                ratios.append(ratio)
+    return ratios
 
 
 def background(servers: Sequence[Server], seconds: float) -> list[float]:

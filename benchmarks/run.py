@@ -32,6 +32,7 @@ import timeit
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
+from operator import attrgetter
 from pathlib import Path
 
 import click
@@ -161,9 +162,7 @@ def _on_server_core(server: Server, plan: _Plan) -> Iterator[None]:
 
 def _ratios(s: Summary, b: Summary, attribute: str) -> list[float]:
     """Per round, ``s``'s figure divided by the baseline's in the same round."""
-    base = {r.round_no: getattr(r, attribute) for r in b.accepted}
-    return [float(getattr(r, attribute) / base[r.round_no]) for r in s.accepted
-            if r.round_no in base]
+    return harness.same_round_ratios(s.runs, b.runs, attrgetter(attribute))
 
 
 def _paired(s: Summary, b: Summary, attribute: str) -> float:
