@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,7 @@ class Server:
     url: str
     log: Path
     routes: bool = True  # the router, with its metrics; the reference answers anything 307
+    tallies: Path | None = None  # where its load generator tallies launches per member
     idle_cpu: float = 0.0  # CPU seconds used while parked (``park``) ...
     idle_wall: float = 0.0  # ... over these seconds
     _parked_at: tuple[float, float] | None = None  # (CPU, clock) when last parked
@@ -158,10 +160,9 @@ class Server:
         """The share of the router's launch redirects so far that went below the
         repository's home member (``federation_redirects_total``, reason ``spill-over``).
 
-        In these benchmarks spill-overs are an artefact (the simulated members never see the
-        launches sent to them), and how many there are depends on how the members' probes
-        happen to fall in time, so a comparison shows them beside its ratios. NaN for the
-        reference, which routes nothing.
+        Spilled launches take another path through the router, and how many spill depends on
+        the load the members report (``members(seen=...)``), so a comparison shows them
+        beside its ratios. NaN for the reference, which routes nothing.
         """
         if not self.routes:
             return math.nan
@@ -223,11 +224,12 @@ def _start(name: str, argv: list[str], cores: set[int], log: Path, port: int) ->
 @contextlib.contextmanager
 def router(name: str, workdir: Path, urls: Sequence[str], *, interval: float, loop: str,
            cores: set[int], wrapper: Sequence[str] = (), load_factor: float | None = None,
-           ready_timeout: float = 30.0) -> Iterator[Server]:
+           tallies: Path | None = None, ready_timeout: float = 30.0) -> Iterator[Server]:
     """``federation serve`` as shipped (default settings) for members at ``urls``.
 
     ``wrapper`` goes before the command (``valgrind …`` for instruction counts);
-    ``load_factor`` replaces the default bound of bounded loads."""
+    ``load_factor`` replaces the default bound of bounded loads; ``tallies``: where the
+    load generator tells the members the launches it was sent to them (``members``)."""
     config = workdir / f"{name.replace(' ', '-')}.yaml"
     config.write_text(config_text(urls, interval=interval, load_factor=load_factor))
     port = _free_port()
@@ -235,6 +237,7 @@ def router(name: str, workdir: Path, urls: Sequence[str], *, interval: float, lo
                            str(config), "--host", "127.0.0.1", "--port", str(port), "--loop",
                            loop],
                     cores, workdir / f"{config.stem}.log", port)
+    server.tallies = tallies
     with _running(server, "/_router/ready", 200, ready_timeout):
         yield server
 
@@ -265,9 +268,15 @@ def _running(server: Server, path: str, status: int, timeout: float) -> Iterator
 
 
 @contextlib.contextmanager
-def members(count: int, *, churn: bool, cores: set[int]) -> Iterator[list[str]]:
-    """``count`` simulated members in their own process; yields their URLs."""
-    argv = [sys.executable, "-m", "benchmarks.members", "--count", str(count)]
+def members(count: int, *, churn: bool, cores: set[int],
+            seen: Path | None = None) -> Iterator[list[str]]:
+    """``count`` simulated members in their own process; yields their URLs. With ``seen``
+    (made if missing), they report the launches tallied there as sessions: give it to every
+    router they serve as ``router(tallies=...)``."""
+    if seen is not None:
+        seen.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "benchmarks.members", "--count", str(count),
+            *(["--seen", str(seen)] if seen is not None else [])]
     proc = subprocess.Popen([*argv, "--churn" if churn else "--no-churn"],
                             stdout=subprocess.PIPE, cwd=_ROOT, preexec_fn=_affinity(cores))
     try:
@@ -334,17 +343,22 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _loadgen_argv(url: str, connections: int, duration: float) -> list[str]:
+def _loadgen_argv(url: str, connections: int, duration: float,
+                  tallies: Path | None) -> list[str]:
+    """The load generator's command; with ``tallies``, it writes its redirects per member
+    there, under a name of its own, for the members to read (``members(seen=...)``)."""
+    name = None if tallies is None else tallies / uuid.uuid4().hex
     if WRK is not None:
         return [WRK, "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "2s",
-                "-s", str(LUA), url, "--", str(POOL)]
+                "-s", str(LUA), url, "--", str(POOL), *([] if name is None else [str(name)])]
     return [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--connections",
-            str(connections), "--duration", str(duration), "--pool", str(POOL)]
+            str(connections), "--duration", str(duration), "--pool", str(POOL),
+            *([] if name is None else ["--tally", f"{name}.json"])]
 
 
 def _loadgen(server: Server, connections: int, duration: float,
              cores: set[int]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(_loadgen_argv(server.url, connections, duration),
+    return subprocess.Popen(_loadgen_argv(server.url, connections, duration, server.tallies),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=_ROOT,
                             preexec_fn=_affinity(cores))
 

@@ -87,6 +87,23 @@ class _Plan:
     load_cores: set[int]
 
 
+@contextlib.contextmanager
+def _federation(count: int, *, churn: bool, cores: set[int]) -> Iterator[tuple[Path, list[str]]]:
+    """A work directory, and ``count`` members that see the launches sent to them: routers
+    started for them get ``tallies=_tallies(workdir)``. Members that never saw a launch
+    would look idle at every probe, and the router's own count of what it sent them since
+    would be all their load, so launches would spill in bursts no federation sees."""
+    with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp:
+        workdir = Path(tmp)
+        with harness.members(count, churn=churn, cores=cores, seen=_tallies(workdir)) as urls:
+            yield workdir, urls
+
+
+def _tallies(workdir: Path) -> Path:
+    """Where the load generators tally launches per member for ``_federation``'s members."""
+    return workdir / "tallies"
+
+
 def _load(server: Server, conns: int, round_no: int, plan: _Plan) -> list[Run]:
     """One run of ``server`` at ``conns`` connections, retried while refused."""
     runs = []
@@ -314,14 +331,12 @@ def throughput(connections: str, member_count: int, paired: bool, runs: int,
     """The router as shipped against a bare aiohttp app answering a fixed 307."""
     loop = harness.choose_loop(loop_kind)
     server_cores, load_cores = harness.pinning()
-    with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp, \
-            harness.members(member_count, churn=False, cores=load_cores) as urls:
-        workdir = Path(tmp)
+    with _federation(member_count, churn=False, cores=load_cores) as (workdir, urls):
         reference = partial(harness.reference, workdir, loop=loop, cores=server_cores)
         contenders: list[Contender] = [
             reference,
             lambda: harness.router("router", workdir, urls, interval=10, loop=loop,
-                                   cores=server_cores),
+                                   cores=server_cores, tallies=_tallies(workdir)),
         ]
         title = "Launch redirects: router vs reference"
         limits = Limits(loadgen_max, server_min)
@@ -337,6 +352,10 @@ def throughput(connections: str, member_count: int, paired: bool, runs: int,
                 save=save)
 
 
+_MANY = 100  # members of the routers probing cost is measured for
+_SMALL = "3 members probed every 10 s"  # the router they are compared with
+
+
 @main.command()
 @click.option("--connections", default="64", show_default=True,
               help="Connection counts, comma separated.")
@@ -350,8 +369,8 @@ def throughput(connections: str, member_count: int, paired: bool, runs: int,
                    "against a reference with a known background cost; see README).")
 @click.option("--load-factor", type=click.FloatRange(1, 10), default=None,
               help="routing.load_factor of every router (default: the router's own). "
-                   "10 lets no launch spill over, taking the benchmark's spill-over "
-                   "artefact out of the comparison (see README).")
+                   "10 lets no launch spill over, taking spill-overs' cost out of the "
+                   "comparison (see README).")
 @_run_options
 def probing(connections: str, churn: bool, paired: bool, whole_core: bool,
             load_factor: float | None, runs: int, duration: float, warmup: float,
@@ -366,26 +385,30 @@ def probing(connections: str, churn: bool, paired: bool, whole_core: bool,
         raise click.UsageError("choose one of --paired and --whole-core")
     loop = harness.choose_loop(loop_kind)
     server_cores, load_cores = harness.pinning()
-    with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp, \
-            harness.members(100, churn=churn, cores=load_cores) as urls:
-        workdir = Path(tmp)
-        small = "3 members probed every 10 s"
+    # The 3-member routers get members of their own: launches they send must not load three
+    # of the hundred the other routers route to.
+    with _federation(_MANY + 3, churn=churn, cores=load_cores) as (workdir, urls):
+        many, few = urls[:_MANY], urls[_MANY:]
+
+        def probed(name: str, members: Sequence[str], interval: float) -> Contender:
+            return partial(harness.router, name, workdir, members, interval=interval, loop=loop,
+                           cores=server_cores, load_factor=load_factor,
+                           tallies=_tallies(workdir))
+
+        def small(name: str) -> Contender:
+            return probed(name, few, 10.0)
+
         # The middle row tells the cost of 100 members apart from the cost of probing them.
-        sizes = ((small, 3, 10.0), ("100 members probed every 10 s", 100, 10.0),
-                 ("100 members probed every 1 s", 100, 1.0))
-        contenders: list[Contender] = [
-            partial(harness.router, name, workdir, urls[:count], interval=interval, loop=loop,
-                    cores=server_cores, load_factor=load_factor)
-            for name, count, interval in sizes
-        ]
+        contenders = [small(_SMALL), probed(f"{_MANY} members probed every 10 s", many, 10.0),
+                      probed(f"{_MANY} members probed every 1 s", many, 1.0)]
         title = f"Probing overhead (member pod counts {'changing' if churn else 'steady'}"
         title += f", load_factor {load_factor:g})" if load_factor is not None else ")"
         limits = Limits(loadgen_max, server_min)
         if whole_core:
             plan = _Plan(_counts(connections), runs, duration, warmup, attempts, limits,
                          server_cores, load_cores)
-            _report_whole_core(title, _whole_core_comparisons(workdir, urls, contenders,
-                                                              loop, server_cores, load_factor),
+            _report_whole_core(title, _whole_core_comparisons(workdir, contenders, small,
+                                                              loop, server_cores),
                                plan, loop=loop, save=save)
             return
         if paired:
@@ -394,14 +417,12 @@ def probing(connections: str, churn: bool, paired: bool, whole_core: bool,
             first, middle, last = contenders
             # The control: two identical routers, so the method's own bias and spread show
             # in the same run as the comparisons.
-            again = partial(harness.router, f"{small}, again", workdir, urls[:3],
-                            interval=10.0, loop=loop, cores=server_cores,
-                            load_factor=load_factor)
-            _report_pairs(title, [_calibration(workdir, loop, server_cores), (first, again),
+            _report_pairs(title, [_calibration(workdir, loop, server_cores),
+                                  (first, small(f"{_SMALL}, again")),
                                   (first, middle), (middle, last), (first, last)], plan,
                           loop=loop, save=save, expected={0: _KNOWN_CALIBRATION, 1: "1.000"})
             return
-        _report(title, contenders, small, connections=_counts(connections), runs=runs,
+        _report(title, contenders, _SMALL, connections=_counts(connections), runs=runs,
                 duration=duration, warmup=warmup, attempts=attempts, limits=limits,
                 loop=loop, save=save)
 
@@ -502,24 +523,19 @@ def _calibration(workdir: Path, loop: str, cores: set[int]) -> tuple[Contender, 
 _KNOWN_CALIBRATION = f"{1 - CALIBRATION_SHARE:.3f}"
 
 
-def _whole_core_comparisons(workdir: Path, urls: Sequence[str], contenders: Sequence[Contender],
-                            loop: str, cores: set[int], load_factor: float | None
+def _whole_core_comparisons(workdir: Path, contenders: Sequence[Contender],
+                            small: Callable[[str], Contender], loop: str, cores: set[int]
                             ) -> list[_Extrapolation]:
     """The calibration, the control, and the issue's comparison (3 members probed every 10 s
-    against 100 probed every second), each with a third server like its baseline."""
-
-    def small(name: str) -> Contender:
-        return partial(harness.router, name, workdir, urls[:3], interval=10.0, loop=loop,
-                       cores=cores, load_factor=load_factor)
-
+    against 100 probed every second), each with a third server like its baseline (``small``
+    makes a 3-member router of that name)."""
     first, _, last = contenders
     reference, busy = _calibration(workdir, loop, cores)
     return [
         _Extrapolation(reference, busy, partial(reference, name="reference, third"),
                        _KNOWN_CALIBRATION),
-        _Extrapolation(first, small("3 members probed every 10 s, again"),
-                       small("3 members probed every 10 s, third"), "1.000"),
-        _Extrapolation(first, last, small("3 members probed every 10 s, third"), ""),
+        _Extrapolation(first, small(f"{_SMALL}, again"), small(f"{_SMALL}, third"), "1.000"),
+        _Extrapolation(first, last, small(f"{_SMALL}, third"), ""),
     ]
 
 
@@ -621,8 +637,9 @@ def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan
              "launches. Where a pair's whole-core ratio is known, its distance from the known "
              "value is how far the method can be off; a pair of identical servers is a "
              "control. \"Spilled\" is the share of each router's launches (warm-up "
-             "included) sent below their home member, an artefact of members that never see "
-             "the launches sent to them (n/a: the reference routes nothing).",
+             "included) sent below their home member: the members see the launches sent to "
+             "them, and a member at its bound sends the next below (n/a: the reference "
+             "routes nothing).",
              save, {"title": title, "loop": loop, "paired": True, "idle": idle,
                     "runs": [asdict(r) for r in results]}, missing=missing)
 
@@ -686,10 +703,9 @@ def memory(minutes: float, member_count: int, interval: float, connections: int,
     loop = harness.choose_loop(loop_kind)
     server_cores, load_cores = harness.pinning()
     runs = max(1, round(minutes * 60 / _MEMORY_RUN))
-    with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp, \
-            harness.members(member_count, churn=True, cores=load_cores) as urls, \
-            harness.router("router", Path(tmp), urls, interval=interval, loop=loop,
-                           cores=server_cores) as server:
+    with _federation(member_count, churn=True, cores=load_cores) as (workdir, urls), \
+            harness.router("router", workdir, urls, interval=interval, loop=loop,
+                           cores=server_cores, tallies=_tallies(workdir)) as server:
         click.echo(f"Memory: {member_count} members probed every {interval:g} s, "
                    f"{connections} connections, {runs} runs of {_MEMORY_RUN:g} s, loop {loop}; "
                    f"RSS at start {server.rss_mib():.1f} MiB", err=True)

@@ -16,9 +16,10 @@ __all__ = ["POOL", "REFS", "config_text", "launch_path", "random_paths"]
 POOL = 1000  # distinct repositories; launches pick one at random
 REFS = ("HEAD", "main", "v1.0", "0123abcd")  # several refs per repository, as real traffic has
 
-# Members report a quota the benchmark load can never fill: launches are never followed, so
-# the router's count of launches it sent grows without bound between probes, and a realistic
-# quota would turn every decision into the "everyone is full" fallback within a second.
+# Members report a quota the benchmark load never fills: at thousands of launches a second,
+# the sessions of a lifetime (``benchmarks.members --lifetime``) are far more than a real
+# member holds, and a realistic quota would turn every decision into the "everyone is full"
+# fallback within a second.
 MEMBER_QUOTA = 1_000_000
 
 

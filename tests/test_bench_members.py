@@ -1,0 +1,107 @@
+"""The benchmarks' members see the launches sent to them: the load generator tallies its
+redirects per member in files, and the members report those of the last lifetime as pods."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks import harness
+from benchmarks.members import LaunchesSeen, Tallies
+
+_CORES = os.sched_getaffinity(0)
+
+
+def test_launches_count_for_their_lifetime_then_drop_out() -> None:
+    seen = LaunchesSeen(lifetime=10.0)
+    assert seen.running("a") == 0
+    seen.observe(0.0, {"a": 5})
+    seen.observe(4.0, {"a": 15, "b": 2})
+    assert (seen.running("a"), seen.running("b")) == (15, 2)  # less than a lifetime seen
+    seen.observe(12.0, {"a": 40, "b": 2})
+    assert (seen.running("a"), seen.running("b")) == (35, 2)  # the 5 seen by t=0 are over
+    seen.observe(15.0, {"a": 41, "b": 2})
+    assert (seen.running("a"), seen.running("b")) == (26, 0)  # and those seen by t=4
+    assert seen.running("never") == 0
+
+
+def test_tallies_add_up_over_files_and_skip_what_is_half_written(tmp_path: Path) -> None:
+    (tmp_path / "one.0.json").write_text(json.dumps({"http://127.0.0.1:1": 3}))
+    (tmp_path / "two.json").write_text(json.dumps({"http://127.0.0.1:1": 4,
+                                                   "http://127.0.0.1:2": 1}))
+    (tmp_path / "three.0.json.part").write_text(json.dumps({"http://127.0.0.1:1": 100}))
+    (tmp_path / "four.json").write_text('{"http://127.0.0.1:1": 10')  # torn: skipped
+    tallies = Tallies(tmp_path)
+    assert tallies.read() == {"http://127.0.0.1:1": 7, "http://127.0.0.1:2": 1}
+    assert Tallies(tmp_path / "missing").read() == {}
+
+
+def test_a_replaced_tally_is_read_again(tmp_path: Path) -> None:
+    tallies = Tallies(tmp_path)
+    path = tmp_path / "gen.0.json"
+    for count in (3, 5, 8):  # as the load generators write: a new file renamed over the old
+        (tmp_path / "next").write_text(json.dumps({"http://127.0.0.1:1": count}))
+        os.replace(tmp_path / "next", path)
+        assert tallies.read() == {"http://127.0.0.1:1": count}
+
+
+def _user_pods(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
+        checks = json.load(answer)["checks"]
+    return next(c["user_pods"] for c in checks if c["service"] == "Pod quota")
+
+
+def _pods_become(url: str, expected: int) -> int:
+    deadline = time.monotonic() + 10
+    while (pods := _user_pods(url)) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return pods
+
+
+def test_members_report_the_launches_tallied_for_them(tmp_path: Path) -> None:
+    tallies = tmp_path / "tallies"
+    with harness.members(2, churn=False, cores=_CORES, seen=tallies) as urls:
+        assert [_user_pods(u) for u in urls] == [0, 0]
+        (tallies / "gen.0.json").write_text(json.dumps({urls[0]: 7}))
+        assert _pods_become(urls[0], 7) == 7
+        (tallies / "gen.0.json").write_text(json.dumps({urls[0]: 9, urls[1]: 2}))
+        assert (_pods_become(urls[0], 9), _pods_become(urls[1], 2)) == (9, 2)
+
+
+def _redirects_per_member(server: harness.Server) -> dict[str, float]:
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    per_member: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "federation_redirects_total":
+                member = sample.labels["member"]
+                per_member[member] = per_member.get(member, 0.0) + sample.value
+    return per_member
+
+
+@pytest.mark.parametrize("generator", ["wrk", "python"])
+def test_load_generators_tally_every_redirect_by_member(
+        generator: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if generator == "python":
+        monkeypatch.setattr(harness, "WRK", None)
+    elif harness.WRK is None:
+        pytest.skip("wrk is not installed (apt-get install wrk; .ci/run installs it)")
+    tallies = tmp_path / "tallies"
+    with harness.members(3, churn=False, cores=_CORES, seen=tallies) as urls, \
+            harness.router("router", tmp_path, urls, interval=10, loop="asyncio",
+                           cores=_CORES, tallies=tallies) as server:
+        result = harness.launches(server, connections=4, duration=1.0, cores=_CORES)
+        counted = Tallies(tallies).read()
+        sent = _redirects_per_member(server)
+    assert sum(counted.values()) == result["requests"] > 0
+    assert set(counted) <= set(urls) and len(counted) == 3
+    by_name = {f"m{i:03d}": url for i, url in enumerate(urls)}
+    for name, redirects in sent.items():  # a response still in flight at the end is uncounted
+        assert redirects - 4 <= counted[by_name[name]] <= redirects
