@@ -7,11 +7,12 @@ health transitions happen in milliseconds; tests wait for conditions, never for 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import structlog
@@ -50,6 +51,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                 if name == "figures" and report.when == "call":
                     terminalreporter.write_sep("-", f"figures: {report.nodeid}")
                     terminalreporter.write_line(str(value))
+
+
+def missing_tool(tool: str, install: str, why: str) -> NoReturn:
+    """Skip a test that needs ``tool`` where it is not installed, saying how to install it
+    and ``why`` it matters; under CI (``CI`` set) fail instead, as ``.ci/run`` installs it."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{tool} is not installed, but CI must run this test: .ci/run installs it "
+                    f"with {install}")
+    pytest.skip(f"no {tool}: install it ({install}) {why}")
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import harness
 from benchmarks.members import LaunchesSeen, Tallies
+from tests.conftest import missing_tool
 
 _CORES = os.sched_getaffinity(0)
 
@@ -92,7 +93,8 @@ def test_load_generators_tally_every_redirect_by_member(
     if generator == "python":
         monkeypatch.setattr(harness, "WRK", None)
     elif harness.WRK is None:
-        pytest.skip("wrk is not installed (apt-get install wrk; .ci/run installs it)")
+        missing_tool("wrk", "apt-get install -y wrk",
+                     "to test the Lua script that tells the benchmarks' members their launches")
     tallies = tmp_path / "tallies"
     with harness.members(3, churn=False, cores=_CORES, seen=tallies) as urls, \
             harness.router("router", tmp_path, urls, interval=10, loop="asyncio",

@@ -7,7 +7,6 @@ failure instead, because ``.ci/run`` installs it.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import struct
 from html.parser import HTMLParser
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from federation.app import STATUS_PATH
-from tests.conftest import StartFederation, start_mixed_federation
+from tests.conftest import StartFederation, missing_tool, start_mixed_federation
 
 pytestmark = pytest.mark.browser
 
@@ -28,11 +27,8 @@ def chromium() -> str:
     """Path of the Chromium binary; skip (or fail under CI) when there is none."""
     path = shutil.which("chromium")
     if path is None:
-        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-            pytest.fail("chromium is not installed, but CI must run the browser test: "
-                        ".ci/run installs it with apt-get install chromium")
-        pytest.skip("no headless browser: install Debian's chromium (apt-get install -y "
-                    "chromium) to test the status page as a person sees it")
+        missing_tool("chromium", "apt-get install -y chromium",
+                     "to test the status page as a person sees it")
     return path
 
 
