@@ -156,9 +156,18 @@ class Server:
                 return int(line.split()[1]) / 1024
         raise RuntimeError(f"{self.name}: no VmRSS in /proc/{self.proc.pid}/status")
 
+    def redirects(self) -> dict[tuple[str, str], float]:
+        """The router's launch redirects so far, by (member, reason), from its ``/metrics``
+        (``federation_redirects_total``)."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        return {(sample.labels["member"], sample.labels["reason"]): sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples if sample.name == "federation_redirects_total"}
+
     def spill_share(self) -> float:
         """The share of the router's launch redirects so far that went below the
-        repository's home member (``federation_redirects_total``, reason ``spill-over``).
+        repository's home member (reason ``spill-over``).
 
         Spilled launches take another path through the router, and how many spill depends on
         the load the members report (``members(seen=...)``), so a comparison shows them
@@ -166,17 +175,10 @@ class Server:
         """
         if not self.routes:
             return math.nan
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as answer:
-            text = answer.read().decode()
-        by_reason: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            if family.name == "federation_redirects":
-                for sample in family.samples:
-                    if sample.name == "federation_redirects_total":
-                        reason = sample.labels["reason"]
-                        by_reason[reason] = by_reason.get(reason, 0.0) + sample.value
-        total = sum(by_reason.values())
-        return by_reason.get("spill-over", 0.0) / total if total else math.nan
+        redirects = self.redirects()
+        total = sum(redirects.values())
+        spilled = sum(n for (_, reason), n in redirects.items() if reason == "spill-over")
+        return spilled / total if total else math.nan
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not end within 10 s."""

@@ -10,7 +10,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import harness
 from benchmarks.members import LaunchesSeen, Tallies
@@ -75,18 +74,6 @@ def test_members_report_the_launches_tallied_for_them(tmp_path: Path) -> None:
         assert (_pods_become(urls[0], 9), _pods_become(urls[1], 2)) == (9, 2)
 
 
-def _redirects_per_member(server: harness.Server) -> dict[str, float]:
-    with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    per_member: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "federation_redirects_total":
-                member = sample.labels["member"]
-                per_member[member] = per_member.get(member, 0.0) + sample.value
-    return per_member
-
-
 @pytest.mark.parametrize("generator", ["wrk", "python"])
 def test_load_generators_tally_every_redirect_by_member(
         generator: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,7 +88,9 @@ def test_load_generators_tally_every_redirect_by_member(
                            cores=_CORES, tallies=tallies) as server:
         result = harness.launches(server, connections=4, duration=1.0, cores=_CORES)
         counted = Tallies(tallies).read()
-        sent = _redirects_per_member(server)
+        sent: dict[str, float] = {}
+        for (member, _), redirects in server.redirects().items():
+            sent[member] = sent.get(member, 0.0) + redirects
     assert sum(counted.values()) == result["requests"] > 0
     assert set(counted) <= set(urls) and len(counted) == 3
     by_name = {f"m{i:03d}": url for i, url in enumerate(urls)}
