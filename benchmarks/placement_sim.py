@@ -7,7 +7,9 @@ arrivals (1 per second), exponential sessions (mean 1,000 s, so 1,000 running on
 skewed weights [50, 50, 50, 20, 10, 10, ...], quota_i = 1000 · w_i/W / 0.8, no pod headroom
 (§2.4 skips a member at its quota). Every launch goes through the router's own
 ``RoutingTable.route`` via ``federation.simulate``, with loads as the router sees them: pods at
-the last probe (every 10 s, the default) plus its own redirects since.
+the last probe (every 10 s, the default) plus its own redirects that those pods are not sure
+to include. Members count their pods at every probe, as §2.4's polls do (the acceptance);
+``--pod-cache 60`` has them count at most once a minute, as BinderHub does.
 
 Rows: ``random`` and ``rendezvous`` as the router runs them (a member full at its last probe
 is skipped), ``rendezvous, plain`` (members report no quota: mybinder.org's rendezvous
@@ -55,12 +57,12 @@ class Row:
     result: StrategyResult
 
 
-def simulate(n: int, trace: Trace) -> list[Row]:
+def simulate(n: int, trace: Trace, *, pod_cache: float) -> list[Row]:
     """The four rows for an ``n``-member federation."""
     cfg = skewed_federation(n)
-    served = run(cfg, trace, concurrency=CONCURRENCY).results
+    served = run(cfg, trace, concurrency=CONCURRENCY, pod_cache=pod_cache).results
     plain = run(cfg, trace, strategies=[Strategy.RENDEZVOUS], concurrency=CONCURRENCY,
-                report_quota=False).results[0]
+                report_quota=False, pod_cache=pod_cache).results[0]
     by_name = {r.strategy: r for r in served}
     return [Row("random", by_name["random"]), Row("rendezvous, plain", plain),
             Row("rendezvous", by_name["rendezvous"]), Row("bounded c=1.25", by_name["bounded"])]
@@ -104,18 +106,22 @@ def table(sizes: dict[int, list[Row]]) -> list[str]:
               help="Federation sizes, comma-separated (checks exist for 5 and 50).")
 @click.option("--launches", type=click.IntRange(min=1000), default=200_000, show_default=True)
 @click.option("--quick", is_flag=True, help="20,000 launches: a smoke run, not the acceptance.")
-def main(sizes: str, launches: int, quick: bool) -> None:
+@click.option("--pod-cache", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              metavar="SECONDS", help="Members count their pods at most this often "
+                                      "(BinderHub: 60); 0, at every probe, is the acceptance.")
+def main(sizes: str, launches: int, quick: bool, pod_cache: float) -> None:
     """Run the §2.4 workload, print the table and PASS/FAIL per acceptance check."""
     workload = ZipfWorkload(launches=20_000 if quick else launches)
     trace = zipf_trace(workload)
     distinct = len(trace.launches_per_key())
     click.echo(f"Workload: {trace.description}; {len(trace.launches):,} launches, "
                f"{distinct:,} repositories launched (best possible hit rate "
-               f"{1 - distinct / len(trace.launches):.1%}); probes every 10 s\n")
+               f"{1 - distinct / len(trace.launches):.1%}); probes every 10 s, pods counted "
+               f"every {pod_cache:g} s\n")
     results: dict[int, list[Row]] = {}
     for n in (int(x) for x in sizes.split(",")):
         started = time.perf_counter()
-        results[n] = simulate(n, trace)
+        results[n] = simulate(n, trace, pod_cache=pod_cache)
         click.echo(f"N={n}: simulated in {time.perf_counter() - started:.0f} s", err=True)
     click.echo("\n".join(table(results)) + "\n")
     failed = False
@@ -125,7 +131,10 @@ def main(sizes: str, launches: int, quick: bool) -> None:
             click.echo(f"{'PASS' if ok else 'FAIL'}  {line}")
     if quick:  # the thresholds are for the full trace: a short one is mostly warm-up
         click.echo("(--quick: a smoke run, exit status 0; the acceptance is 200,000 launches)")
-    sys.exit(1 if failed and not quick else 0)
+    if pod_cache:
+        click.echo("(--pod-cache: what BinderHub's count costs, exit status 0; the acceptance "
+                   "is members counting at every probe)")
+    sys.exit(1 if failed and not quick and not pod_cache else 0)
 
 
 if __name__ == "__main__":

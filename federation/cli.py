@@ -25,6 +25,7 @@ from federation.launch import parse_launch
 from federation.logs import LogFormat, configure_logging
 from federation.placement import rank
 from federation.serving import ServeError, run_router, supervise
+from federation.table import POD_COUNT_CACHE
 
 __all__ = ["DEFAULT_PORT", "main"]
 
@@ -254,6 +255,10 @@ def _numbers(option: str, items: tuple[str, ...]) -> dict[str, float]:
               show_default=True, help="Mean share of derived quotas in use.")
 @click.option("--probe-interval", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds between probes [default: the config's health.interval].")
+@click.option("--pod-cache", type=click.FloatRange(min=0), default=POD_COUNT_CACHE,
+              show_default=True, metavar="SECONDS",
+              help="How often members count their pods (BinderHub: at most once a minute, "
+                   "answering /health from that count in between); 0: at every probe.")
 @click.option("--strategy", "strategies", multiple=True,
               type=click.Choice([s.value for s in Strategy]),
               help="Only these strategies [default: random, rendezvous and bounded].")
@@ -271,7 +276,8 @@ def _numbers(option: str, items: tuple[str, ...]) -> dict[str, float]:
 def simulate(config_path: str, kubeconfig: str | None, traces: tuple[str, ...],
              zipf_repos: int | None, launches: int, exponent: float, rate: float,
              session_lifetime: float, seed: int, quotas: tuple[str, ...], utilisation: float,
-             probe_interval: float | None, strategies: tuple[str, ...], no_quota_reports: bool,
+             probe_interval: float | None, pod_cache: float, strategies: tuple[str, ...],
+             no_quota_reports: bool,
              drain_names: tuple[str, ...], weights: tuple[str, ...], added: tuple[str, ...],
              plot: str | None, as_json: bool) -> None:
     """Replay launches through the router's placement and compare strategies side by side.
@@ -308,7 +314,7 @@ def simulate(config_path: str, kubeconfig: str | None, traces: tuple[str, ...],
                 trace, what_if=what_if,
                 strategies=chosen, quotas=pods,
                 concurrency=rate * session_lifetime if zipf_repos else None,
-                utilisation=utilisation, probe_interval=probe_interval,
+                utilisation=utilisation, probe_interval=probe_interval, pod_cache=pod_cache,
                 report_quota=not no_quota_reports, seed=seed,
                 progress=bar.update if bar else None)
         if plot is not None:

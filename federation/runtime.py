@@ -23,7 +23,13 @@ from federation.drains import Drains
 from federation.errors import ConfigError
 from federation.health import MemberHealth, ProbeResult, State, Versions, advance
 from federation.metrics import Metrics
-from federation.table import MemberStatus, RoutingTable, SentLaunches, build_table
+from federation.table import (
+    POD_COUNT_CACHE,
+    MemberStatus,
+    RoutingTable,
+    SentLaunches,
+    build_table,
+)
 
 __all__ = ["ConfigRejection", "RouterState"]
 
@@ -140,7 +146,11 @@ class RouterState:
                       failures_to_eject=settings.failures_to_eject,
                       successes_to_restore=settings.successes_to_restore)
         self.healths[name] = new
-        self.sent.probed(name)  # its pod count includes what we sent it, once the table shows it
+        # What its pod count includes of the launches sent to it (``SentLaunches``): a count
+        # BinderHub took again is sure to be no older than a minute and one probe or two.
+        self.sent.probed(name, at=result.at,
+                         fresh=new.pod_quota is not None and new.pod_quota != prev.pod_quota,
+                         max_age=POD_COUNT_CACHE + 2 * settings.interval)
         self.metrics.probed(name, result)
         if new.state is not prev.state:
             healthy = new.state is State.HEALTHY

@@ -6,7 +6,9 @@ module replays a trace on a virtual clock instead and counts what each strategy 
 Nothing here re-implements placement: every launch is decided by ``RoutingTable.route`` on a
 table from ``build_table``, exactly as the serving path does, and the load signal is the
 router's own: each member's pods as its last probe reported them, plus the launches sent to it
-since (``RoutingTable.route(sent=)``). Probes run every ``probe_interval`` virtual seconds.
+that those pods are not sure to include (``SentLaunches``, ``RoutingTable.route(sent=)``).
+Probes run every ``probe_interval`` virtual seconds, and members answer them as BinderHub does,
+from a pod count taken at most every ``pod_cache`` seconds (``POD_COUNT_CACHE``).
 
 As in hashing.md §2.4, a member's load is its running sessions (each starts at its launch and
 runs for the trace's lifetime), and a launch "builds" when its repository was never launched
@@ -31,7 +33,7 @@ from msgspec.structs import replace
 from federation.config import Config, Member, Strategy
 from federation.errors import ConfigError
 from federation.health import HealthReport, MemberHealth, PodQuota, State
-from federation.table import RoutingTable, SentLaunches, build_table
+from federation.table import POD_COUNT_CACHE, RoutingTable, SentLaunches, build_table
 from federation.traces import Launch, Trace
 
 __all__ = [
@@ -247,12 +249,17 @@ class _Replay:
     """One strategy's pass over a trace: virtual clock, sessions, probes and tallies."""
 
     def __init__(self, config: Config, quotas: Mapping[str, int], homes: Mapping[str, str | None],
-                 *, probe_interval: float, report_quota: bool, sample_every: float) -> None:
+                 *, probe_interval: float, pod_cache: float, report_quota: bool,
+                 sample_every: float) -> None:
         self.config, self.quotas, self.homes = config, quotas, homes
         self.names = tuple(m.name for m in config.members)
         self.interval, self.report_quota = probe_interval, report_quota
         self.sample_every = sample_every
         self.load = dict.fromkeys(self.names, 0)
+        self.pod_cache = pod_cache
+        self.reported = dict.fromkeys(self.names, 0)  # each member's pod count, as last taken
+        stagger = random.Random("pod counts")  # members took their first counts apart
+        self.counted_at = {n: -stagger.uniform(0, pod_cache) for n in self.names}
         self.sent = SentLaunches()
         self.ends: list[tuple[float, str]] = []
         self.built: dict[str, set[str]] = {n: set() for n in self.names}
@@ -263,10 +270,20 @@ class _Replay:
         self.table = self._probe()
 
     def _probe(self) -> RoutingTable:
-        """A probe round of every member: the table sees current loads; ``sent`` restarts."""
-        self.sent = SentLaunches()
-        healths = _healths(self.config, self.quotas, self.load, report_quota=self.report_quota)
-        return build_table(self.config, healths, {}, now=self.next_probe)
+        """A probe round of every member, taken as ``RouterState.apply_probe`` takes it: a
+        member whose count is ``pod_cache`` seconds old counts its sessions again."""
+        now, sent = self.next_probe, self.sent
+        max_age = POD_COUNT_CACHE + 2 * self.interval  # what the router assumes
+        for name in self.names:
+            fresh = False
+            if now - self.counted_at[name] >= self.pod_cache:
+                self.counted_at[name] = now
+                fresh, self.reported[name] = self.reported[name] != self.load[name], self.load[name]
+            sent.probed(name, at=now, fresh=fresh, max_age=max_age)
+        sent.settle()
+        healths = _healths(self.config, self.quotas, self.reported,
+                           report_quota=self.report_quota)
+        return build_table(self.config, healths, {}, now=now)
 
     def advance(self, now: float) -> None:
         """Run sessions ends, probes and load samples due up to ``now``, in time order."""
@@ -324,6 +341,7 @@ def replay(
     quotas: Mapping[str, int],
     strategy: Strategy,
     probe_interval: float,
+    pod_cache: float = POD_COUNT_CACHE,
     homes: Mapping[str, str | None] | None = None,
     report_quota: bool = True,
     seed: int = 0,
@@ -333,13 +351,14 @@ def replay(
     """Replay ``trace`` on ``config`` with ``strategy`` (other settings as configured).
 
     ``homes`` (from ``home_members``) names each key's home for the spill-over count;
+    ``pod_cache`` is how often members count their pods (0: at every probe);
     ``report_quota=False`` simulates members whose /health carries no quota, so only the
     load bound limits them. ``progress`` is called with the launches done since its last call.
     """
     config = replace(config, routing=replace(config.routing, strategy=strategy))
     if homes is None:
         homes = home_members(config, quotas, trace.launches_per_key(), report_quota=report_quota)
-    run = _Replay(config, quotas, homes, probe_interval=probe_interval,
+    run = _Replay(config, quotas, homes, probe_interval=probe_interval, pod_cache=pod_cache,
                   report_quota=report_quota,
                   sample_every=max(trace.duration / max(samples, 1), 1e-9))
     rng = random.Random(f"placement {seed}")  # not the trace's stream: choices would follow it
@@ -363,6 +382,7 @@ class Report:
     trace: Trace
     quotas: Mapping[str, int]
     probe_interval: float
+    pod_cache: float
     results: tuple[StrategyResult, ...]
     what_if: WhatIf
     moves: Moves | None
@@ -389,6 +409,7 @@ def run(
     concurrency: float | None = None,
     utilisation: float = 0.8,
     probe_interval: float | None = None,
+    pod_cache: float = POD_COUNT_CACHE,
     report_quota: bool = True,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
@@ -409,10 +430,11 @@ def run(
         moves = home_moves(before, homes, counts)
     interval = probe_interval or config.health.interval
     results = tuple(
-        replay(target, trace, quotas=quotas, strategy=s, probe_interval=interval, homes=homes,
-               report_quota=report_quota, seed=seed, progress=progress)
+        replay(target, trace, quotas=quotas, strategy=s, probe_interval=interval,
+               pod_cache=pod_cache, homes=homes, report_quota=report_quota, seed=seed,
+               progress=progress)
         for s in strategies)
-    return Report(target, trace, quotas, interval, results, what_if, moves)
+    return Report(target, trace, quotas, interval, pod_cache, results, what_if, moves)
 
 
 def _pct(x: float) -> str:
@@ -429,7 +451,8 @@ def render_text(report: Report) -> str:
                                                  if trace.skipped else ""),
         f"Members: {len(cfg.members)}, weight {sum(m.weight for m in cfg.members):g} and quota "
         f"{sum(report.quotas.values()):,} pods in all (each below)",
-        f"Probes every {report.probe_interval:g} s; load factor {cfg.routing.load_factor:g}; "
+        f"Probes every {report.probe_interval:g} s, pods counted every "
+        f"{report.pod_cache:g} s; load factor {cfg.routing.load_factor:g}; "
         f"pod headroom {cfg.routing.pod_headroom}; weights {cfg.routing.weights.value}",
         f"Best possible hit rate (each repository built once): {_pct(report.best_hit_rate)}",
         "",

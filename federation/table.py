@@ -33,6 +33,10 @@ __all__ = ["Decision", "MemberStatus", "MemberView", "RoutingTable", "SentLaunch
 SLOW_START_FLOOR = 0.1  # a ramping member starts at 10 % of its weight
 RANK_CACHE_SIZE = 4096  # repositories whose rankings are kept, at most
 RANK_CACHE_ENTRIES = 262_144  # member names kept over all of them (about 2 MiB)
+# BinderHub counts a member's pods at most this often (seconds: ``at_most_every``'s default on
+# ``KubernetesHealthHandler._get_pods``, binderhub-protocol.md §3.1) and answers /health from
+# that count in between
+POD_COUNT_CACHE = 60.0
 
 RedirectReason = Literal["cookie", "load_balancer", "spill-over", "fallback", "panic"]
 
@@ -40,12 +44,17 @@ RedirectReason = Literal["cookie", "load_balancer", "spill-over", "fallback", "p
 class SentLaunches:
     """Launches sent per member that the routing table's pod counts do not include yet.
 
-    A probe reports pods that include every launch sent before it, but the table shows that
-    count only from the next swap (pod-count-only changes are coalesced). So a probe marks
-    what it covers (``probed``) and the swap takes it off (``settle``): between the two, the
-    old count plus everything sent still holds, and after, the new count plus what was sent
-    since the probe. Bounded loads need the total for every launch; a running total costs
-    one addition per launch where summing a hundred members' counts cost a loop.
+    BinderHub counts its pods at most once a minute (``POD_COUNT_CACHE``) and answers every
+    probe in between from that count, so a probe's pods say nothing about when they were
+    counted. What is sure: a count the member had not reported before was taken after its
+    previous probe, so it includes every launch sent before that probe (a launch becomes a
+    pod some seconds after its redirect, once the browser follows it); and a count reported
+    unchanged for ``max_age`` was taken again meanwhile, so it includes the launches sent
+    before the last such point. ``probed`` marks what a probe covers by these two rules, and
+    the swap that shows its pods takes it off (``settle``): until then, the old count plus
+    everything sent still holds. Counting a launch the count already includes makes a member
+    look fuller for a while; forgetting one it does not include yet lets a workshop's
+    launches pile onto one member past its quota.
 
     Counts live in one array, a slot per member name (``slot``), not in a dict of ints:
     with a hundred members a launch then reads and writes a few bytes of memory that every
@@ -54,14 +63,21 @@ class SentLaunches:
     counts only through the methods, or as ``RouterState.count_launch`` does, both at once.
     """
 
-    __slots__ = ("_covered", "_names", "_slots", "by_slot", "total")
+    __slots__ = ("_anchor", "_covered", "_dropped", "_names", "_previous", "_slots", "by_slot",
+                 "total")
 
     def __init__(self, counts: Mapping[str, int] | None = None) -> None:
         self._slots: dict[str, int] = {}
         self._names: list[str] = []  # by slot
         self.by_slot: array[int] = array("q")
         self.total = 0
-        self._covered: dict[str, int] = {}  # per member, by a probe the table does not show
+        # Per member, in launches sent to it ever (``_sent``): taken off so far, to take off at
+        # the next settle, as of its previous probe, and as of the last point it was known to
+        # be counted again (with that point's time).
+        self._dropped: dict[str, int] = {}
+        self._covered: dict[str, int] = {}
+        self._previous: dict[str, int] = {}
+        self._anchor: dict[str, tuple[float, int]] = {}
         for name, count in (counts or {}).items():
             self.by_slot[self.slot(name)] = count
             self.total += count
@@ -89,16 +105,31 @@ class SentLaunches:
         self.by_slot[self.slot(name)] += 1
         self.total += 1
 
-    def probed(self, name: str) -> None:
-        """``name`` reported pods that include every launch sent to it so far."""
-        self._covered[name] = self.by_slot[self.slot(name)]
+    def probed(self, name: str, *, at: float, fresh: bool, max_age: float) -> None:
+        """``name`` answered a probe at ``at``; ``fresh``: with pod counts it had not reported
+        before. Marks what its count includes by the two rules above; ``max_age`` is how long
+        an unchanged count can be without having been taken again."""
+        sent = self._sent(name)
+        anchor = self._anchor.get(name)
+        aged = anchor is not None and at - anchor[0] >= max_age
+        if fresh:
+            cover = self._previous.get(name, 0)
+        else:
+            cover = anchor[1] if anchor is not None and aged else 0
+        if fresh or aged or anchor is None:
+            self._anchor[name] = (at, sent)
+        self._previous[name] = sent
+        if cover > max(self._dropped.get(name, 0), self._covered.get(name, 0)):
+            self._covered[name] = cover
 
     def settle(self) -> None:
         """The table now shows every probe's pods: drop the launches they include."""
-        by_slot, slots = self.by_slot, self._slots
-        for name, done in self._covered.items():
+        by_slot, slots, dropped = self.by_slot, self._slots, self._dropped
+        for name, cover in self._covered.items():
+            done = cover - dropped.get(name, 0)
             by_slot[slots[name]] -= done
             self.total -= done
+            dropped[name] = cover
         self._covered.clear()
 
     def forget(self, name: str) -> None:
@@ -107,21 +138,31 @@ class SentLaunches:
         if index is not None:
             self.total -= self.by_slot[index]
             self.by_slot[index] = 0
-        self._covered.pop(name, None)
+        for per_member in (self._covered, self._dropped, self._previous, self._anchor):
+            per_member.pop(name, None)
+
+    def _sent(self, name: str) -> int:
+        """Launches sent to ``name`` ever (since it last joined)."""
+        return self.by_slot[self.slot(name)] + self._dropped.get(name, 0)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SentLaunches):
             return NotImplemented
         return (self._nonzero() == other._nonzero() and self.total == other.total
-                and self._covered == other._covered)
+                and self._pending() == other._pending())
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        return f"SentLaunches({self._nonzero()}, covered={self._covered})"
+        return f"SentLaunches({self._nonzero()}, covered={self._pending()})"
 
     def _nonzero(self) -> dict[str, int]:
         return {name: count for name, count in self.counts.items() if count}
+
+    def _pending(self) -> dict[str, int]:
+        """Per member, the launches the next settle takes off."""
+        return {name: cover - self._dropped.get(name, 0)
+                for name, cover in self._covered.items()}
 
 
 class MemberStatus(StrEnum):

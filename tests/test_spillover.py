@@ -13,9 +13,10 @@ from itertools import groupby, pairwise
 from aiohttp import ClientSession
 
 from federation.demo import MemberControls
+from federation.health import ProbeResult
 from federation.launch import parse_launch
 from federation.runtime import COALESCE_SECONDS, RouterState
-from federation.table import SentLaunches
+from federation.table import POD_COUNT_CACHE, SentLaunches
 from tests.conftest import Federation, StartFederation
 from tests.test_slow_start import config, probe
 
@@ -68,40 +69,84 @@ async def test_hot_repository_spills_at_its_bound_and_comes_back(
     assert await redirects(fed, "a", "load_balancer") == 2
 
 
-async def test_launches_sent_since_the_probe_count_toward_the_bound(
+async def test_launches_count_until_a_member_reports_a_new_pod_count(
     start_federation: StartFederation,
 ) -> None:
     """Between two probes the router counts its own redirects: with two equal members the
-    third launch in a row spills (bound ceil(1.25·3/2) = 2). The next probe replaces that
-    count with the member's real pods (none: nobody followed the redirects), so the
-    repository goes home again."""
+    third launch in a row spills (bound ceil(1.25·3/2) = 2). BinderHub answers /health from
+    a pod count it takes at most once a minute, so a probe reporting the same count says
+    nothing of those launches: they still count. A new count was taken after the probe
+    before it, so it includes the launches sent before that probe, and only those go."""
     fed = await start_federation(["a", "b"], weights={"a": 10, "b": 10}, health=SLOW_PROBES)
     path = hot_repository(fed, ["a", "b"])
     assert [await member_of(fed, path) for _ in range(3)] == ["a", "a", "b"]
     assert fed.state.sent == SentLaunches({"a": 2, "b": 1})
-    fed.write_config({**fed.config_doc,
-                      "health": {**fed.config_doc["health"], "timeout": 0.4}})
-    await fed.wait_for(lambda: fed.state.sent == SentLaunches({"a": 0, "b": 0}),
-                       what="a new probe round")
-    assert await member_of(fed, path) == "a"
+
+    async def probe_round(timeout: float) -> None:
+        """A changed probe setting probes every member at once."""
+        before = {n: fed.state.healths[n].probes for n in ("a", "b")}
+        fed.write_config({**fed.config_doc,
+                          "health": {**fed.config_doc["health"], "timeout": timeout}})
+        await fed.wait_for(lambda: all(fed.state.healths[n].probes > before[n] for n in before),
+                           what="a new probe round")
+
+    await probe_round(0.4)
+    assert fed.state.sent == SentLaunches({"a": 2, "b": 1})  # the same counts as before
+    assert await member_of(fed, path) == "a"  # bound ceil(1.25·4/2) = 3
+    fed.members["a"].controls.extra_pods = 3  # its three launches are running now
+    await probe_round(0.5)
+    await fed.wait_for(lambda: fed.state.table.by_name["a"].pods == 3)
+    assert fed.state.sent == SentLaunches({"a": 1, "b": 1})  # sent after the round at 0.4
 
 
 async def test_launches_sent_while_a_new_pod_count_waits_for_the_table_are_counted_once() -> None:
     """A probe's new pod count reaches the table up to ``COALESCE_SECONDS`` later. Until
-    then the old count plus every launch sent holds; after, the new count (which includes
-    the launches sent before the probe) plus only those sent since."""
+    then the old count plus every launch sent holds; after, the new count plus only the
+    launches it is not sure to include (those sent since the probe before it)."""
     state = RouterState(config({"a": 10, "b": 10}, slow_start=0))
     for name in ("a", "b"):
         state.apply_probe(name, probe(0.0, quota=1000))
     state.sent.add("a")
     state.sent.add("a")
-    state.apply_probe("a", probe(1.0, pods=5, quota=1000))  # the two launches are in the 5
+    state.apply_probe("a", probe(1.0, quota=1000))  # BinderHub's count, kept: still 0
+    state.sent.add("a")
+    state.apply_probe("a", probe(2.0, pods=5, quota=1000))  # taken after 1.0: two are in the 5
     state.sent.add("a")
     assert state.table.by_name["a"].pods == 0
-    assert state.sent.counts["a"] == 3 and state.sent.total == 3
+    assert state.sent.counts["a"] == 4 and state.sent.total == 4
     await asyncio.sleep(COALESCE_SECONDS * 1.5)
     assert state.table.by_name["a"].pods == 5
+    assert state.sent.counts["a"] == 2 and state.sent.total == 2
+
+
+def test_an_unchanged_pod_count_includes_launches_once_it_must_have_been_taken_again() -> None:
+    """A count reported unchanged for a minute and two probe intervals (80 s here) was taken
+    again meanwhile, whatever it says: the launches sent before the last point known to be
+    counted (the first probe, then every 80 s of the same count) are dropped, so a launch
+    nobody followed counts for at most 160 s."""
+    state = RouterState(config({"a": 10, "b": 10}, slow_start=0))
+    max_age = POD_COUNT_CACHE + 2 * state.config.health.interval
+    state.apply_probe("a", probe(0.0))
+    state.sent.add("a")
+    state.sent.add("a")
+    state.apply_probe("a", probe(max_age - 1))
+    assert state.sent.counts["a"] == 2
+    state.apply_probe("a", probe(max_age))  # the count at 0.0 had none of them
+    assert state.sent.counts["a"] == 2
+    state.sent.add("a")
+    state.apply_probe("a", probe(2 * max_age))  # counted again since ``max_age``: two are in
     assert state.sent.counts["a"] == 1 and state.sent.total == 1
+
+
+def test_a_failed_probe_drops_no_launch() -> None:
+    """A probe that got no /health reports no count, so it includes no launch."""
+    state = RouterState(config({"a": 10, "b": 10}, slow_start=0))
+    state.apply_probe("a", probe(0.0))
+    state.sent.add("a")
+    state.apply_probe("a", probe(1.0))
+    state.apply_probe("a", ProbeResult(at=2.0, latency=5.0, error="timeout after 5s"))
+    state.apply_probe("a", ProbeResult(at=3.0, latency=5.0, error="timeout after 5s"))
+    assert state.sent.counts["a"] == 1
 
 
 async def test_member_at_its_quota_headroom_spills_below_its_bound(

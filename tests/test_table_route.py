@@ -51,37 +51,55 @@ def test_fast_path_matches_bounded_choice(members: list[tuple[int, int, int | No
     assert decision.reason == expected
 
 
-@given(steps=st.lists(st.tuples(st.sampled_from(["add", "probed", "settle", "forget"]),
-                                st.sampled_from(["a", "b", "c"])), max_size=60))
-def test_sent_launches_drop_exactly_what_the_shown_probes_include(
-    steps: list[tuple[str, str]],
-) -> None:
-    """Whatever launches, probes, swaps and removals come, each member's count is what a
-    table showing its pods has not seen: everything since its last probe once a swap showed
-    that probe, everything since the one before until then. The running total stays the sum
-    (bounded loads read it instead of summing every member per launch)."""
+MAX_AGE = 5.0
+
+step = st.one_of(
+    st.tuples(st.sampled_from(["add", "settle", "forget"]), st.sampled_from(["a", "b", "c"])),
+    st.tuples(st.just("probed"), st.sampled_from(["a", "b", "c"]), st.booleans(),
+              st.sampled_from([0.0, 1.0, 2.5, MAX_AGE])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(step, max_size=80))
+def test_sent_launches_drop_exactly_what_the_shown_probes_include(steps: list[tuple]) -> None:
+    """Whatever launches, probes, swaps and removals come, each member's count is what its
+    reported pods are not sure to include, as of the last swap: a new count includes the
+    launches sent before the probe preceding it; a count unchanged since the last such point
+    (the first probe, a new count, or an earlier one of these) for ``MAX_AGE`` includes those
+    sent before that point. The model keeps launches as positions in the sequence of steps,
+    the class keeps running counts. The total stays the sum (bounded loads read it)."""
     sent = SentLaunches()
-    since_probe: dict[str, int] = {}  # the model: launches after each member's last probe
-    shown: dict[str, int] = {}
-    unshown: set[str] = set()
-    for action, name in steps:
+    clock = 0.0
+    launches: dict[str, list[int]] = {}  # the model: when each launch was sent (step index)
+    previous: dict[str, int] = {}  # index of each member's previous probe
+    anchor: dict[str, tuple[float, int]] = {}  # (time, index) of its last sure point
+    pending: dict[str, int] = {}  # launches before this index are included, once settled
+    shown: dict[str, int] = {}  # ... and those before this index, as of the last settle
+    for index, (action, name, *probe) in enumerate(steps):
         if action == "add":
             sent.add(name)
-            since_probe[name] = since_probe.get(name, 0) + 1
-            shown[name] = shown.get(name, 0) + 1
+            launches.setdefault(name, []).append(index)
         elif action == "probed":
-            sent.probed(name)
-            since_probe[name] = 0
-            unshown.add(name)
+            fresh, wait = probe
+            clock += wait
+            sent.probed(name, at=clock, fresh=fresh, max_age=MAX_AGE)
+            since = anchor.get(name)
+            aged = since is not None and clock - since[0] >= MAX_AGE
+            cover = previous.get(name, 0) if fresh else since[1] if since and aged else 0
+            pending[name] = max(pending.get(name, 0), cover)
+            if fresh or aged or since is None:
+                anchor[name] = (clock, index)
+            previous[name] = index
         elif action == "settle":
             sent.settle()
-            shown.update((n, since_probe.get(n, 0)) for n in unshown)
-            unshown.clear()
+            shown.update(pending)
         else:
             sent.forget(name)
-            since_probe.pop(name, None)
-            shown.pop(name, None)
-            unshown.discard(name)
+            for model in (launches, previous, anchor, pending, shown):
+                model.pop(name, None)
+        expected = {n: sum(1 for at in sent_at if at >= shown.get(n, 0))
+                    for n, sent_at in launches.items()}
         assert {n: c for n, c in sent.counts.items() if c} == {
-            n: c for n, c in shown.items() if c}
+            n: c for n, c in expected.items() if c}
         assert sent.total == sum(sent.counts.values())
