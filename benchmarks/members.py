@@ -2,12 +2,16 @@
 
 ``python -m benchmarks.members --count 100 [--churn] [--seen DIR]`` prints the members' URLs
 as one JSON line, then serves until SIGTERM. With ``--churn`` every member adds a new number
-of other pods twice a second, as busy production members do, so each probe result changes
-the routing table. With ``--seen DIR`` members see the launches sent to them: the load
-generator never follows a redirect, so it writes how many it got per member into ``DIR``
-(``launches.lua``), and each member reports those of the last ``--lifetime`` seconds as
-running sessions. Without it a member's pods never rise, the router's own count of the
-launches it sent is all of their load, and that count drops to nothing at every probe.
+of other pods twice a second, as busy production members do. With ``--seen DIR`` members see
+the launches sent to them: the load generator never follows a redirect, so it writes how
+many it got per member into ``DIR`` (``launches.lua``), and each member reports those of the
+last ``--lifetime`` seconds as running sessions. Without it a member's pods never rise, and
+the router's own count of the launches it sent is all of their load.
+
+Members report their pods as BinderHub does: from a count taken at most every
+``--pod-cache`` seconds (60, BinderHub's ``at_most_every``; members count apart from each
+other). ``--pod-cache 0`` counts at every look, so nearly every probe of a busy member
+reports a new count and rebuilds the routing table: the worst case for probing's cost.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import click
 
 from benchmarks.workload import MEMBER_QUOTA
 from federation.demo import MemberControls, SimulatedMember
+from federation.table import POD_COUNT_CACHE
 
 __all__ = ["LIFETIME", "LaunchesSeen", "Tallies", "main", "serve_members"]
 
@@ -95,7 +100,7 @@ class Tallies:
 
 
 async def serve_members(count: int, *, churn: bool, seen: Path | None = None,
-                        lifetime: float = LIFETIME) -> None:
+                        lifetime: float = LIFETIME, pod_cache: float = POD_COUNT_CACHE) -> None:
     """Start ``count`` members on 127.0.0.1, announce their URLs, serve until told to stop."""
     sims = [SimulatedMember(f"m{i:03d}", MemberControls(quota=MEMBER_QUOTA))
             for i in range(count)]
@@ -111,6 +116,8 @@ async def serve_members(count: int, *, churn: bool, seen: Path | None = None,
         launches = LaunchesSeen(lifetime)
         tallies = None if seen is None else Tallies(seen)
         others = dict.fromkeys((sim.url for sim in sims), 0)
+        now = loop.time()  # members took their last counts spread over the last pod_cache
+        counted = {sim.url: now - pod_cache * i / count for i, sim in enumerate(sims)}
         next_churn = 0.0
         while not stop.is_set():
             now = loop.time()
@@ -120,7 +127,9 @@ async def serve_members(count: int, *, churn: bool, seen: Path | None = None,
             if tallies is not None:
                 launches.observe(now, tallies.read())
             for sim in sims:
-                sim.controls.extra_pods = others[sim.url] + launches.running(sim.url)
+                if now - counted[sim.url] >= pod_cache:
+                    counted[sim.url] = now
+                    sim.controls.extra_pods = others[sim.url] + launches.running(sim.url)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=_TICK)
     finally:
@@ -135,9 +144,12 @@ async def serve_members(count: int, *, churn: bool, seen: Path | None = None,
               help="Report the launches the load generator tallied here as sessions.")
 @click.option("--lifetime", type=click.FloatRange(min=0.1), default=LIFETIME, show_default=True,
               help="Seconds a launch seen counts as a running session.")
-def main(count: int, churn: bool, seen: Path | None, lifetime: float) -> None:
+@click.option("--pod-cache", type=click.FloatRange(min=0), default=POD_COUNT_CACHE,
+              show_default=True, help="Seconds a member reports the same pod count.")
+def main(count: int, churn: bool, seen: Path | None, lifetime: float, pod_cache: float) -> None:
     """Serve COUNT simulated members until SIGTERM."""
-    asyncio.run(serve_members(count, churn=churn, seen=seen, lifetime=lifetime))
+    asyncio.run(serve_members(count, churn=churn, seen=seen, lifetime=lifetime,
+                              pod_cache=pod_cache))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from benchmarks.instructions import (
     missing_tools,
 )
 from benchmarks.placement import placement_table, run_placement
+from federation.table import POD_COUNT_CACHE
 
 __all__ = ["extrapolate", "interval", "main"]
 
@@ -88,14 +89,17 @@ class _Plan:
 
 
 @contextlib.contextmanager
-def _federation(count: int, *, churn: bool, cores: set[int]) -> Iterator[tuple[Path, list[str]]]:
+def _federation(count: int, *, churn: bool, cores: set[int],
+                pod_cache: float = POD_COUNT_CACHE) -> Iterator[tuple[Path, list[str]]]:
     """A work directory, and ``count`` members that see the launches sent to them: routers
     started for them get ``tallies=_tallies(workdir)``. Members that never saw a launch
-    would look idle at every probe, and the router's own count of what it sent them since
-    would be all their load, so launches would spill in bursts no federation sees."""
+    would look idle at every probe, and the router's own count of what it sent them would
+    be all their load. They count their pods every ``pod_cache`` seconds, BinderHub's
+    minute unless told otherwise."""
     with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp:
         workdir = Path(tmp)
-        with harness.members(count, churn=churn, cores=cores, seen=_tallies(workdir)) as urls:
+        with harness.members(count, churn=churn, cores=cores, seen=_tallies(workdir),
+                             pod_cache=pod_cache) as urls:
             yield workdir, urls
 
 
@@ -360,8 +364,12 @@ _SMALL = "3 members probed every 10 s"  # the router they are compared with
 @click.option("--connections", default="64", show_default=True,
               help="Connection counts, comma separated.")
 @click.option("--churn/--no-churn", default=True, show_default=True,
-              help="Members report new pod counts all the time, so every probe rebuilds "
-                   "the routing table (as in production).")
+              help="Members' pods change all the time, as on busy production members.")
+@click.option("--pod-cache", type=click.FloatRange(min=0), default=POD_COUNT_CACHE,
+              show_default=True, metavar="SECONDS",
+              help="Members count their pods at most this often, as BinderHub does (60 s). "
+                   "0: at every probe, so nearly every probe of a busy member rebuilds the "
+                   "routing table (the worst case; see README).")
 @click.option("--paired", is_flag=True, help=_PAIRED_HELP)
 @click.option("--whole-core", is_flag=True,
               help="Estimate the ratios on a whole core: run each comparison with two "
@@ -372,7 +380,7 @@ _SMALL = "3 members probed every 10 s"  # the router they are compared with
                    "10 lets no launch spill over, taking spill-overs' cost out of the "
                    "comparison (see README).")
 @_run_options
-def probing(connections: str, churn: bool, paired: bool, whole_core: bool,
+def probing(connections: str, churn: bool, pod_cache: float, paired: bool, whole_core: bool,
             load_factor: float | None, runs: int, duration: float, warmup: float,
             attempts: int, loop_kind: str, loadgen_max: float, server_min: float,
             save: Path | None) -> None:
@@ -387,7 +395,8 @@ def probing(connections: str, churn: bool, paired: bool, whole_core: bool,
     server_cores, load_cores = harness.pinning()
     # The 3-member routers get members of their own: launches they send must not load three
     # of the hundred the other routers route to.
-    with _federation(_MANY + 3, churn=churn, cores=load_cores) as (workdir, urls):
+    with _federation(_MANY + 3, churn=churn, cores=load_cores, pod_cache=pod_cache) as (
+            workdir, urls):
         many, few = urls[:_MANY], urls[_MANY:]
 
         def probed(name: str, members: Sequence[str], interval: float) -> Contender:
@@ -401,7 +410,8 @@ def probing(connections: str, churn: bool, paired: bool, whole_core: bool,
         # The middle row tells the cost of 100 members apart from the cost of probing them.
         contenders = [small(_SMALL), probed(f"{_MANY} members probed every 10 s", many, 10.0),
                       probed(f"{_MANY} members probed every 1 s", many, 1.0)]
-        title = f"Probing overhead (member pod counts {'changing' if churn else 'steady'}"
+        title = (f"Probing overhead (member pods {'changing' if churn else 'steady'}, "
+                 f"counted every {pod_cache:g} s")
         title += f", load_factor {load_factor:g})" if load_factor is not None else ")"
         limits = Limits(loadgen_max, server_min)
         if whole_core:

@@ -66,12 +66,22 @@ def _pods_become(url: str, expected: int) -> int:
 
 def test_members_report_the_launches_tallied_for_them(tmp_path: Path) -> None:
     tallies = tmp_path / "tallies"
-    with harness.members(2, churn=False, cores=_CORES, seen=tallies) as urls:
+    with harness.members(2, churn=False, cores=_CORES, seen=tallies, pod_cache=0) as urls:
         assert [_user_pods(u) for u in urls] == [0, 0]
         (tallies / "gen.0.json").write_text(json.dumps({urls[0]: 7}))
         assert _pods_become(urls[0], 7) == 7
         (tallies / "gen.0.json").write_text(json.dumps({urls[0]: 9, urls[1]: 2}))
         assert (_pods_become(urls[0], 9), _pods_become(urls[1], 2)) == (9, 2)
+
+
+def test_members_report_the_same_count_until_they_count_again(tmp_path: Path) -> None:
+    """As BinderHub, a member answers from a count it takes at most every ``pod_cache``
+    seconds (spread over the members: with two, the second counts again after half of it)."""
+    tallies = tmp_path / "tallies"
+    with harness.members(2, churn=False, cores=_CORES, seen=tallies, pod_cache=3600) as urls:
+        (tallies / "gen.0.json").write_text(json.dumps({urls[0]: 7, urls[1]: 2}))
+        time.sleep(1.0)  # five looks at the tallies
+        assert [_user_pods(u) for u in urls] == [0, 0]
 
 
 @pytest.mark.parametrize("generator", ["wrk", "python"])
