@@ -32,7 +32,6 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.workload import POOL, config_text
-from federation.table import POD_COUNT_CACHE
 
 __all__ = [
     "Limits",
@@ -272,15 +271,17 @@ def _running(server: Server, path: str, status: int, timeout: float) -> Iterator
 
 @contextlib.contextmanager
 def members(count: int, *, churn: bool, cores: set[int], seen: Path | None = None,
-            pod_cache: float = POD_COUNT_CACHE) -> Iterator[list[str]]:
+            pod_cache: float = 0.0, lifetime: float | None = None) -> Iterator[list[str]]:
     """``count`` simulated members in their own process; yields their URLs. With ``seen``
     (made if missing), they report the launches tallied there as sessions: give it to every
     router they serve as ``router(tallies=...)``. Each counts its pods at most every
-    ``pod_cache`` seconds, as BinderHub does (0: at every look)."""
+    ``pod_cache`` seconds (BinderHub: 60; 0: at every look, ``benchmarks.members``), and
+    reports a launch as a session for ``lifetime`` seconds (``members.LIFETIME`` if None)."""
     if seen is not None:
         seen.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "benchmarks.members", "--count", str(count),
-            "--pod-cache", str(pod_cache), *(["--seen", str(seen)] if seen is not None else [])]
+            "--pod-cache", str(pod_cache), *(["--seen", str(seen)] if seen is not None else []),
+            *(["--lifetime", str(lifetime)] if lifetime is not None else [])]
     proc = subprocess.Popen([*argv, "--churn" if churn else "--no-churn"],
                             stdout=subprocess.PIPE, cwd=_ROOT, preexec_fn=_affinity(cores))
     try:

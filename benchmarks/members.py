@@ -8,10 +8,14 @@ many it got per member into ``DIR`` (``launches.lua``), and each member reports 
 last ``--lifetime`` seconds as running sessions. Without it a member's pods never rise, and
 the router's own count of the launches it sent is all of their load.
 
-Members report their pods as BinderHub does: from a count taken at most every
-``--pod-cache`` seconds (60, BinderHub's ``at_most_every``; members count apart from each
-other). ``--pod-cache 0`` counts at every look, so nearly every probe of a busy member
-reports a new count and rebuilds the routing table: the worst case for probing's cost.
+``--pod-cache 60`` has members report their pods as BinderHub does: from a count taken at
+most once a minute (BinderHub's ``at_most_every``; members count apart from each other).
+The default, 0, counts at every look, so nearly every probe of a busy member reports a new
+count and rebuilds the routing table: the worst case for probing's cost. It is also the
+only one that suits ``--lifetime``'s 30 s: sessions that end within one count leave a count
+a minute old mostly made of sessions gone, and members whose counts fell at different
+moments look loaded by up to three times as much as each other (README, *Probing with
+BinderHub's pod count*).
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import click
 
 from benchmarks.workload import MEMBER_QUOTA
 from federation.demo import MemberControls, SimulatedMember
-from federation.table import POD_COUNT_CACHE
 
 __all__ = ["LIFETIME", "LaunchesSeen", "Tallies", "main", "serve_members"]
 
@@ -100,7 +103,7 @@ class Tallies:
 
 
 async def serve_members(count: int, *, churn: bool, seen: Path | None = None,
-                        lifetime: float = LIFETIME, pod_cache: float = POD_COUNT_CACHE) -> None:
+                        lifetime: float = LIFETIME, pod_cache: float = 0.0) -> None:
     """Start ``count`` members on 127.0.0.1, announce their URLs, serve until told to stop."""
     sims = [SimulatedMember(f"m{i:03d}", MemberControls(quota=MEMBER_QUOTA))
             for i in range(count)]
@@ -144,8 +147,8 @@ async def serve_members(count: int, *, churn: bool, seen: Path | None = None,
               help="Report the launches the load generator tallied here as sessions.")
 @click.option("--lifetime", type=click.FloatRange(min=0.1), default=LIFETIME, show_default=True,
               help="Seconds a launch seen counts as a running session.")
-@click.option("--pod-cache", type=click.FloatRange(min=0), default=POD_COUNT_CACHE,
-              show_default=True, help="Seconds a member reports the same pod count.")
+@click.option("--pod-cache", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds a member reports the same pod count (BinderHub: 60).")
 def main(count: int, churn: bool, seen: Path | None, lifetime: float, pod_cache: float) -> None:
     """Serve COUNT simulated members until SIGTERM."""
     asyncio.run(serve_members(count, churn=churn, seen=seen, lifetime=lifetime,

@@ -46,8 +46,8 @@ from benchmarks.instructions import (
     instructions_table,
     missing_tools,
 )
+from benchmarks.members import LIFETIME
 from benchmarks.placement import placement_table, run_placement
-from federation.table import POD_COUNT_CACHE
 
 __all__ = ["extrapolate", "interval", "main"]
 
@@ -89,17 +89,17 @@ class _Plan:
 
 
 @contextlib.contextmanager
-def _federation(count: int, *, churn: bool, cores: set[int],
-                pod_cache: float = POD_COUNT_CACHE) -> Iterator[tuple[Path, list[str]]]:
+def _federation(count: int, *, churn: bool, cores: set[int], pod_cache: float = 0.0,
+                lifetime: float | None = None) -> Iterator[tuple[Path, list[str]]]:
     """A work directory, and ``count`` members that see the launches sent to them: routers
     started for them get ``tallies=_tallies(workdir)``. Members that never saw a launch
     would look idle at every probe, and the router's own count of what it sent them would
-    be all their load. They count their pods every ``pod_cache`` seconds, BinderHub's
-    minute unless told otherwise."""
+    be all their load. They count their pods at every look, or every ``pod_cache``
+    seconds, and a launch runs ``lifetime`` seconds there (``benchmarks.members``)."""
     with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp:
         workdir = Path(tmp)
         with harness.members(count, churn=churn, cores=cores, seen=_tallies(workdir),
-                             pod_cache=pod_cache) as urls:
+                             pod_cache=pod_cache, lifetime=lifetime) as urls:
             yield workdir, urls
 
 
@@ -365,11 +365,15 @@ _SMALL = "3 members probed every 10 s"  # the router they are compared with
               help="Connection counts, comma separated.")
 @click.option("--churn/--no-churn", default=True, show_default=True,
               help="Members' pods change all the time, as on busy production members.")
-@click.option("--pod-cache", type=click.FloatRange(min=0), default=POD_COUNT_CACHE,
+@click.option("--pod-cache", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              metavar="SECONDS",
+              help="Members count their pods at most this often (BinderHub: 60). 0, at every "
+                   "probe, rebuilds the routing table at nearly every probe of a busy member: "
+                   "the worst case for probing (see README).")
+@click.option("--session-lifetime", type=click.FloatRange(min=1), default=LIFETIME,
               show_default=True, metavar="SECONDS",
-              help="Members count their pods at most this often, as BinderHub does (60 s). "
-                   "0: at every probe, so nearly every probe of a busy member rebuilds the "
-                   "routing table (the worst case; see README).")
+              help="Seconds a member reports a launch sent to it as a running session; "
+                   "give --pod-cache 60 sessions of minutes, as on mybinder.org.")
 @click.option("--paired", is_flag=True, help=_PAIRED_HELP)
 @click.option("--whole-core", is_flag=True,
               help="Estimate the ratios on a whole core: run each comparison with two "
@@ -380,7 +384,8 @@ _SMALL = "3 members probed every 10 s"  # the router they are compared with
                    "10 lets no launch spill over, taking spill-overs' cost out of the "
                    "comparison (see README).")
 @_run_options
-def probing(connections: str, churn: bool, pod_cache: float, paired: bool, whole_core: bool,
+def probing(connections: str, churn: bool, pod_cache: float, session_lifetime: float,
+            paired: bool, whole_core: bool,
             load_factor: float | None, runs: int, duration: float, warmup: float,
             attempts: int, loop_kind: str, loadgen_max: float, server_min: float,
             save: Path | None) -> None:
@@ -395,8 +400,8 @@ def probing(connections: str, churn: bool, pod_cache: float, paired: bool, whole
     server_cores, load_cores = harness.pinning()
     # The 3-member routers get members of their own: launches they send must not load three
     # of the hundred the other routers route to.
-    with _federation(_MANY + 3, churn=churn, cores=load_cores, pod_cache=pod_cache) as (
-            workdir, urls):
+    with _federation(_MANY + 3, churn=churn, cores=load_cores, pod_cache=pod_cache,
+                     lifetime=session_lifetime) as (workdir, urls):
         many, few = urls[:_MANY], urls[_MANY:]
 
         def probed(name: str, members: Sequence[str], interval: float) -> Contender:
@@ -411,7 +416,7 @@ def probing(connections: str, churn: bool, pod_cache: float, paired: bool, whole
         contenders = [small(_SMALL), probed(f"{_MANY} members probed every 10 s", many, 10.0),
                       probed(f"{_MANY} members probed every 1 s", many, 1.0)]
         title = (f"Probing overhead (member pods {'changing' if churn else 'steady'}, "
-                 f"counted every {pod_cache:g} s")
+                 f"counted every {pod_cache:g} s, sessions of {session_lifetime:g} s")
         title += f", load_factor {load_factor:g})" if load_factor is not None else ")"
         limits = Limits(loadgen_max, server_min)
         if whole_core:
