@@ -52,7 +52,7 @@ class Candidate:
     ``load`` is the pods its last /health reported; ``capacity`` is the load at which it counts
     as full (quota minus headroom), or None when it reports no quota. Both change only with a
     probe, so a routing table builds its candidates once and adds the per-launch part (the
-    launches sent since that probe) as ``bounded_choice(..., sent=)``.
+    launches sent that those pods are not sure to include) as ``bounded_choice(..., sent=)``.
     """
 
     name: str

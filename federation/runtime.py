@@ -24,11 +24,11 @@ from federation.errors import ConfigError
 from federation.health import MemberHealth, ProbeResult, State, Versions, advance
 from federation.metrics import Metrics
 from federation.table import (
-    POD_COUNT_CACHE,
     MemberStatus,
     RoutingTable,
     SentLaunches,
     build_table,
+    pod_count_max_age,
 )
 
 __all__ = ["ConfigRejection", "RouterState"]
@@ -146,11 +146,10 @@ class RouterState:
                       failures_to_eject=settings.failures_to_eject,
                       successes_to_restore=settings.successes_to_restore)
         self.healths[name] = new
-        # What its pod count includes of the launches sent to it (``SentLaunches``): a count
-        # BinderHub took again is sure to be no older than a minute and one probe or two.
+        # what its pod count includes of the launches sent to it (``SentLaunches``)
         self.sent.probed(name, at=result.at,
                          fresh=new.pod_quota is not None and new.pod_quota != prev.pod_quota,
-                         max_age=POD_COUNT_CACHE + 2 * settings.interval)
+                         max_age=pod_count_max_age(settings.interval))
         self.metrics.probed(name, result)
         if new.state is not prev.state:
             healthy = new.state is State.HEALTHY

@@ -33,7 +33,13 @@ from msgspec.structs import replace
 from federation.config import Config, Member, Strategy
 from federation.errors import ConfigError
 from federation.health import HealthReport, MemberHealth, PodQuota, State
-from federation.table import POD_COUNT_CACHE, RoutingTable, SentLaunches, build_table
+from federation.table import (
+    POD_COUNT_CACHE,
+    RoutingTable,
+    SentLaunches,
+    build_table,
+    pod_count_max_age,
+)
 from federation.traces import Launch, Trace
 
 __all__ = [
@@ -273,7 +279,7 @@ class _Replay:
         """A probe round of every member, taken as ``RouterState.apply_probe`` takes it: a
         member whose count is ``pod_cache`` seconds old counts its sessions again."""
         now, sent = self.next_probe, self.sent
-        max_age = POD_COUNT_CACHE + 2 * self.interval  # what the router assumes
+        max_age = pod_count_max_age(self.interval)  # what the router assumes
         for name in self.names:
             fresh = False
             if now - self.counted_at[name] >= self.pod_cache:

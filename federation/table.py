@@ -28,7 +28,8 @@ from federation.placement import (
     random_choice,
 )
 
-__all__ = ["Decision", "MemberStatus", "MemberView", "RoutingTable", "SentLaunches", "build_table"]
+__all__ = ["Decision", "MemberStatus", "MemberView", "RoutingTable", "SentLaunches", "build_table",
+           "pod_count_max_age"]
 
 SLOW_START_FLOOR = 0.1  # a ramping member starts at 10 % of its weight
 RANK_CACHE_SIZE = 4096  # repositories whose rankings are kept, at most
@@ -37,6 +38,14 @@ RANK_CACHE_ENTRIES = 262_144  # member names kept over all of them (about 2 MiB)
 # ``KubernetesHealthHandler._get_pods``, binderhub-protocol.md §3.1) and answers /health from
 # that count in between
 POD_COUNT_CACHE = 60.0
+
+
+def pod_count_max_age(interval: float) -> float:
+    """How long a member probed every ``interval`` seconds can repeat a pod count without
+    having counted again: BinderHub counts at the first request a minute after its last
+    count, and the next probe can come up to an interval (and its jitter) late."""
+    return POD_COUNT_CACHE + 2 * interval
+
 
 RedirectReason = Literal["cookie", "load_balancer", "spill-over", "fallback", "panic"]
 

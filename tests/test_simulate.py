@@ -210,6 +210,10 @@ def test_simulate_prints_strategies_side_by_side_and_plots(config_path: Path,
     text = cli("simulate", "--config", str(config_path), "--trace", str(ARCHIVE))
     assert text.exit_code == 0
     assert "Best possible hit rate" in text.stdout and "bounded, per member" in text.stdout
+    assert "pods counted every 60 s" in text.stdout  # BinderHub's, unless told otherwise
+    fresh = cli("simulate", "--config", str(config_path), "--trace", str(ARCHIVE),
+                "--pod-cache", "0")
+    assert fresh.exit_code == 0 and "pods counted every 0 s" in fresh.stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -16,7 +16,7 @@ from federation.demo import MemberControls
 from federation.health import ProbeResult
 from federation.launch import parse_launch
 from federation.runtime import COALESCE_SECONDS, RouterState
-from federation.table import POD_COUNT_CACHE, SentLaunches
+from federation.table import POD_COUNT_CACHE, SentLaunches, pod_count_max_age
 from tests.conftest import Federation, StartFederation
 from tests.test_slow_start import config, probe
 
@@ -125,7 +125,8 @@ def test_an_unchanged_pod_count_includes_launches_once_it_must_have_been_taken_a
     counted (the first probe, then every 80 s of the same count) are dropped, so a launch
     nobody followed counts for at most 160 s."""
     state = RouterState(config({"a": 10, "b": 10}, slow_start=0))
-    max_age = POD_COUNT_CACHE + 2 * state.config.health.interval
+    max_age = pod_count_max_age(state.config.health.interval)
+    assert max_age == POD_COUNT_CACHE + 2 * state.config.health.interval == 80
     state.apply_probe("a", probe(0.0))
     state.sent.add("a")
     state.sent.add("a")
