@@ -43,6 +43,9 @@ class MemberControls:
     session_seconds: float = 60.0
     event_delay: float = 0.0  # seconds between build events
     hold_ready: float = 0.0  # BinderHub holds the stream 60 s after ready; 0 closes at once
+    # BinderHub counts its pods at most once a minute and answers /health from that count in
+    # between (``table.POD_COUNT_CACHE``); 0 counts at every request, as tests want
+    pod_count_every: float = 0.0
 
 
 @dataclass
@@ -56,6 +59,7 @@ class SimulatedMember:
     builds: int = 0
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     _sessions: deque[float] = field(default_factory=deque)
+    _count: tuple[float, int, int] | None = None  # when pods were last counted: user, build
     _runner: web.AppRunner | None = None
     url: str = ""
 
@@ -127,12 +131,15 @@ class SimulatedMember:
             return odd
         ok = self.controls.health != "503"
         c = self.controls
-        user = self.user_pods
-        total = user + c.build_pods
+        now = time.monotonic()
+        if self._count is None or now - self._count[0] >= c.pod_count_every:
+            self._count = (now, self.user_pods, c.build_pods)
+        _, user, build = self._count
+        total = user + build
         checks = [
             {"service": "Docker registry", "ok": ok},
             {"service": "JupyterHub API", "ok": ok},
-            {"service": "Pod quota", "total_pods": total, "build_pods": c.build_pods,
+            {"service": "Pod quota", "total_pods": total, "build_pods": build,
              "user_pods": user, "quota": c.quota,
              "ok": c.quota is None or total <= c.quota, "_ignore_failure": True},
         ]
@@ -270,9 +277,11 @@ async def run_demo(*, members: int, port: int, host: str = "127.0.0.1") -> None:
     from federation.config import load_config
     from federation.drains import FileDrainStore
     from federation.sources import FileConfigSource
+    from federation.table import POD_COUNT_CACHE
 
     chosen = DEMO_MEMBERS[:members]
-    sims = [SimulatedMember(name, MemberControls(quota=quota, session_seconds=120))
+    sims = [SimulatedMember(name, MemberControls(quota=quota, session_seconds=120,
+                                                 pod_count_every=POD_COUNT_CACHE))
             for name, _kind, _weight, quota in chosen]
     workdir = Path(tempfile.mkdtemp(prefix="federation-demo-"))
     runner: web.AppRunner | None = None

@@ -72,9 +72,10 @@ class StatusUnavailable(FederationError):
 
 
 def _member(view: MemberView, h: MemberHealth, prime_versions: Versions | None,
-            policy: VersionPolicy, recent: int, total_recent: int, now_mono: float,
-            now_wall: float) -> dict[str, Any]:
-    """One member: state and reason as routing sees them, probe details from ``h`` (live)."""
+            policy: VersionPolicy, recent: int, total_recent: int, uncounted: int,
+            now_mono: float, now_wall: float) -> dict[str, Any]:
+    """One member: state and reason as routing sees them, probe details from ``h`` (live);
+    ``uncounted``: the launches sent to it that its pods are not sure to include yet."""
     last = h.last
     versions = dict(h.versions.raw) if h.versions else None
     return {
@@ -98,6 +99,7 @@ def _member(view: MemberView, h: MemberHealth, prime_versions: Versions | None,
         "versions_match": None if h.versions is None or prime_versions is None
         else versions_match(policy, h.versions, prime_versions),
         "pods": view.pods,
+        "launches_not_in_pods": uncounted,
         "quota": view.quota,
         "capacity": view.capacity,
         "drain": None if view.drain is None else {
@@ -121,6 +123,7 @@ def status_document(state: RouterState) -> dict[str, Any]:
     table = state.table
     recent = state.recent_launches()
     total = sum(recent.values())
+    uncounted = state.sent.counts
     # The table is rebuilt only when routing changes; probe details come from the live health.
     healths = {v.name: state.healths.get(v.name, v.health) for v in table.members}
     prime = healths[table.config.prime.name]
@@ -152,7 +155,7 @@ def status_document(state: RouterState) -> dict[str, Any]:
         "recent_launches": total,
         "members": [
             _member(v, healths[v.name], prime_versions, policy, recent.get(v.name, 0), total,
-                    now_mono, now_wall)
+                    uncounted.get(v.name, 0), now_mono, now_wall)
             for v in table.members
         ],
     }

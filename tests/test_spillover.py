@@ -258,3 +258,24 @@ async def test_a_spill_over_walks_past_the_members_it_tries_first(
     path = hot_repository(fed, ["a", "b", "c", "d", "e"])
     assert [await member_of(fed, path) for _ in range(2)] == ["e", "e"]
     assert await redirects(fed, "e", "spill-over") == 2
+
+
+async def test_a_member_can_count_its_pods_once_a_minute_as_binderhub_does(
+    start_federation: StartFederation,
+) -> None:
+    """``pod_count_every`` makes a simulated member answer /health from its last count until
+    it counts again, as BinderHub's ``at_most_every`` does (the demo's members count so)."""
+    fed = await start_federation(["a", "b"], weights={"a": 10, "b": 10}, health=SLOW_PROBES)
+    member = fed.members["a"]
+    member.controls.pod_count_every = 3600
+
+    async def pods() -> int:
+        async with ClientSession() as session, session.get(f"{member.url}/health") as r:
+            body = await r.json()
+        return next(c["total_pods"] for c in body["checks"] if c["service"] == "Pod quota")
+
+    before = await pods()
+    member.controls.extra_pods = 30
+    assert await pods() == before  # the count of the router's first probe, an hour to go
+    member.controls.pod_count_every = 0
+    assert await pods() == before + 30

@@ -18,9 +18,9 @@ from federation.cli import main
 from federation.demo import MemberControls
 from federation.drains import FileDrainStore, with_drain
 from federation.runtime import RECENT_WINDOW, RouterState
-from federation.status import render_status_html
+from federation.status import render_status_html, status_document
 from tests.conftest import Federation, StartFederation, start_mixed_federation
-from tests.test_slow_start import config
+from tests.test_slow_start import config, probe
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "status.schema.json"
 BROWSER_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,"
@@ -412,3 +412,25 @@ def test_recent_launches_cover_the_last_window_only() -> None:
     now[0] += 10
     state.mark_launches()
     assert state.recent_launches() == {}  # and now the one before the launches at 20 s too
+
+
+def test_launches_not_in_pods_show_until_a_count_includes_them() -> None:
+    """BinderHub counts its pods at most once a minute, so a member can look emptier than
+    bounded loads take it to be: the page says how many launches the router adds, until a
+    count is sure to include them (a new count covers those sent before the probe before)."""
+    state = RouterState(config({"a": 10, "b": 10}, slow_start=0))
+    for name in ("a", "b"):
+        state.apply_probe(name, probe(0.0))
+    state.sent.add("a")
+    state.sent.add("a")
+
+    def shown() -> dict[str, int]:
+        return {m["name"]: m["launches_not_in_pods"] for m in status_document(state)["members"]}
+
+    assert shown() == {"a": 2, "b": 0}
+    assert "+ 2 launches not in its count yet" in render_status_html(status_document(state))
+    state.apply_probe("a", probe(1.0, pods=2))  # a new count, maybe taken before them
+    assert shown() == {"a": 2, "b": 0}
+    state.apply_probe("a", probe(2.0, pods=3))  # taken after the probe at 1.0: they are in
+    assert shown() == {"a": 0, "b": 0}
+    assert "not in its count yet" not in render_status_html(status_document(state))
