@@ -14,8 +14,9 @@ The default, 0, counts at every look, so nearly every probe of a busy member rep
 count and rebuilds the routing table: the worst case for probing's cost. It is also the
 only one that suits ``--lifetime``'s 30 s: sessions that end within one count leave a count
 a minute old mostly made of sessions gone, and members whose counts fell at different
-moments look loaded by up to three times as much as each other (README, *Probing with
-BinderHub's pod count*).
+moments can look loaded by up to three times as much as each other (30 s of sessions against
+up to 90 s of launches), so 41 % of launches spilled (README, *Probing with BinderHub's pod
+count*).
 """
 
 from __future__ import annotations
