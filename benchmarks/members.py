@@ -8,6 +8,11 @@ many it got per member into ``DIR`` (``launches.lua``), and each member reports 
 last ``--lifetime`` seconds as running sessions. Without it a member's pods never rise, and
 the router's own count of the launches it sent is all of their load.
 
+``forget_launches(DIR)`` ends every session at once: the members count their pods again
+without the launches seen so far. ``probing --paired`` calls it before each pair, so the
+sessions a pair's launches started (ten minutes of them with ``--lifetime 600``) do not
+load the members the next pair measures on.
+
 ``--pod-cache 60`` has members report their pods as BinderHub does: from a count taken at
 most once a minute (BinderHub's ``at_most_every``; members count apart from each other).
 The default, 0, counts at every look, so nearly every probe of a busy member reports a new
@@ -24,9 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import signal
 import sys
+import time
+import uuid
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,7 +44,7 @@ import click
 from benchmarks.workload import MEMBER_QUOTA
 from federation.demo import MemberControls, SimulatedMember
 
-__all__ = ["LIFETIME", "LaunchesSeen", "Tallies", "main", "serve_members"]
+__all__ = ["LIFETIME", "LaunchesSeen", "Tallies", "forget_launches", "main", "serve_members"]
 
 _TICK = 0.2  # seconds between two looks at the tallies (and at churn)
 # Seconds a launch seen runs as a session. Long against the 10 s between two probes, as in
@@ -56,6 +64,7 @@ class LaunchesSeen:
     def __init__(self, lifetime: float) -> None:
         self.lifetime = lifetime
         self._history: deque[tuple[float, Mapping[str, int]]] = deque()
+        self._forgotten: Mapping[str, int] = {}  # totals whose launches are over (``forget``)
 
     def observe(self, now: float, totals: Mapping[str, int]) -> None:
         """Record the running totals per member origin at time ``now``."""
@@ -64,14 +73,19 @@ class LaunchesSeen:
         while len(self._history) > 1 and self._history[1][0] <= now - self.lifetime:
             self._history.popleft()
 
+    def forget(self, totals: Mapping[str, int]) -> None:
+        """End the sessions of every launch in ``totals``, the running totals now."""
+        self._history.clear()
+        self._forgotten = dict(totals)
+
     def running(self, origin: str) -> int:
         """Launches sent to ``origin`` within the last ``lifetime`` seconds observed (all of
-        them while the observations span less)."""
+        them while the observations span less), less those forgotten."""
         if not self._history:
             return 0
         (start, base), (now, latest) = self._history[0], self._history[-1]
         before = base.get(origin, 0) if start <= now - self.lifetime else 0
-        return latest.get(origin, 0) - before
+        return latest.get(origin, 0) - max(before, self._forgotten.get(origin, 0))
 
 
 class Tallies:
@@ -103,6 +117,44 @@ class Tallies:
         return totals
 
 
+_FORGET, _FORGOTTEN = "forget", "forgotten"  # files in the tallies' directory, not *.json
+
+
+def forget_launches(seen: Path, *, timeout: float = 10.0) -> None:
+    """Have the members serving ``seen`` (``--seen``) end every session now and count their
+    pods again; returns once they have. The request is a token in a file, and the members
+    answer with the same token in another (``_acknowledge``)."""
+    token = uuid.uuid4().hex
+    part = seen / f"{_FORGET}.part"
+    part.write_text(token)
+    os.replace(part, seen / _FORGET)
+    deadline = time.monotonic() + timeout
+    while _token(seen / _FORGOTTEN) != token:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the members serving {seen} did not forget their launches "
+                               f"within {timeout:g} s")
+        time.sleep(_TICK / 4)
+
+
+def _token(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _acknowledge(seen: Path, token: str) -> None:
+    part = seen / f"{_FORGOTTEN}.part"
+    part.write_text(token)
+    os.replace(part, seen / _FORGOTTEN)
+
+
+def _staggered(sims: list[SimulatedMember], now: float, pod_cache: float) -> dict[str, float]:
+    """When each member last counted its pods, spread over the last ``pod_cache`` seconds
+    (as members counting apart from each other are at any moment)."""
+    return {sim.url: now - pod_cache * i / len(sims) for i, sim in enumerate(sims)}
+
+
 async def serve_members(count: int, *, churn: bool, seen: Path | None = None,
                         lifetime: float = LIFETIME, pod_cache: float = 0.0) -> None:
     """Start ``count`` members on 127.0.0.1, announce their URLs, serve until told to stop."""
@@ -120,20 +172,30 @@ async def serve_members(count: int, *, churn: bool, seen: Path | None = None,
         launches = LaunchesSeen(lifetime)
         tallies = None if seen is None else Tallies(seen)
         others = dict.fromkeys((sim.url for sim in sims), 0)
-        now = loop.time()  # members took their last counts spread over the last pod_cache
-        counted = {sim.url: now - pod_cache * i / count for i, sim in enumerate(sims)}
+        counted = _staggered(sims, loop.time(), pod_cache)
         next_churn = 0.0
+        forgotten = None if seen is None else _token(seen / _FORGET)
         while not stop.is_set():
             now = loop.time()
             if churn and now >= next_churn:
                 others = {sim.url: rng.randrange(50) for sim in sims}
                 next_churn = now + 0.5
-            if tallies is not None:
-                launches.observe(now, tallies.read())
+            forget = None
+            if seen is not None and tallies is not None:
+                totals = tallies.read()
+                forget = _token(seen / _FORGET)
+                if forget is None or forget == forgotten:
+                    forget = None
+                else:
+                    launches.forget(totals)
+                launches.observe(now, totals)
             for sim in sims:
-                if now - counted[sim.url] >= pod_cache:
+                if forget is not None or now - counted[sim.url] >= pod_cache:
                     counted[sim.url] = now
                     sim.controls.extra_pods = others[sim.url] + launches.running(sim.url)
+            if seen is not None and forget is not None:
+                counted, forgotten = _staggered(sims, now, pod_cache), forget
+                _acknowledge(seen, forget)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=_TICK)
     finally:

@@ -46,7 +46,7 @@ from benchmarks.instructions import (
     instructions_table,
     missing_tools,
 )
-from benchmarks.members import LIFETIME
+from benchmarks.members import LIFETIME, forget_launches
 from benchmarks.placement import placement_table, run_placement
 
 __all__ = ["extrapolate", "interval", "main"]
@@ -106,6 +106,15 @@ def _federation(count: int, *, churn: bool, cores: set[int], pod_cache: float = 
 def _tallies(workdir: Path) -> Path:
     """Where the load generators tally launches per member for ``_federation``'s members."""
     return workdir / "tallies"
+
+
+def _sessions_ended(workdir: Path) -> Callable[[], None]:
+    """What ends the sessions on ``_federation``'s members before the next pair starts:
+    otherwise the launches of one pair (ten minutes of sessions with ``--session-lifetime
+    600``) load the members the next pair routes to, and bounded loads spill there for the
+    pair before's sake (in one run, 27 % of a 3-member baseline's launches, against 0 % for
+    the same router two pairs earlier)."""
+    return partial(forget_launches, _tallies(workdir))
 
 
 def _load(server: Server, conns: int, round_no: int, plan: _Plan) -> list[Run]:
@@ -349,7 +358,8 @@ def throughput(connections: str, member_count: int, paired: bool, runs: int,
                          server_cores, load_cores)
             again = partial(reference, name="reference, again")
             _report_pairs(title, [(reference, again), (reference, contenders[1])], plan,
-                          loop=loop, save=save, expected={0: "1.000"})
+                          loop=loop, save=save, expected={0: "1.000"},
+                          before_pair=_sessions_ended(workdir))
             return
         _report(title, contenders, "reference", connections=_counts(connections), runs=runs,
                 duration=duration, warmup=warmup, attempts=attempts, limits=limits, loop=loop,
@@ -424,7 +434,7 @@ def probing(connections: str, churn: bool, pod_cache: float, session_lifetime: f
                          server_cores, load_cores)
             _report_whole_core(title, _whole_core_comparisons(workdir, contenders, small,
                                                               loop, server_cores),
-                               plan, loop=loop, save=save)
+                               plan, loop=loop, save=save, before=_sessions_ended(workdir))
             return
         if paired:
             plan = _Plan(_counts(connections), runs, duration, warmup, attempts, limits,
@@ -435,7 +445,8 @@ def probing(connections: str, churn: bool, pod_cache: float, session_lifetime: f
             _report_pairs(title, [_calibration(workdir, loop, server_cores),
                                   (first, small(f"{_SMALL}, again")),
                                   (first, middle), (middle, last), (first, last)], plan,
-                          loop=loop, save=save, expected={0: _KNOWN_CALIBRATION, 1: "1.000"})
+                          loop=loop, save=save, expected={0: _KNOWN_CALIBRATION, 1: "1.000"},
+                          before_pair=_sessions_ended(workdir))
             return
         _report(title, contenders, _SMALL, connections=_counts(connections), runs=runs,
                 duration=duration, warmup=warmup, attempts=attempts, limits=limits,
@@ -469,7 +480,7 @@ def extrapolate(two: Sequence[Run], three: Sequence[Run]) -> tuple[float, float,
 
 
 def _report_whole_core(title: str, comparisons: Sequence[_Extrapolation], plan: _Plan, *,
-                       loop: str, save: Path | None) -> None:
+                       loop: str, save: Path | None, before: Callable[[], None]) -> None:
     """Each comparison with two servers sharing the core, then three, round after round,
     and the whole-core ratio extrapolated from the two.
 
@@ -479,6 +490,7 @@ def _report_whole_core(title: str, comparisons: Sequence[_Extrapolation], plan: 
     per launch P and background B. Two servers, then three, give the line, and its value
     at one server is 2·ratio(2) − ratio(3). The calibration row checks the method where
     the answer is known: a reference spending a set share of a core on busy work.
+    ``before`` runs before each comparison starts (``_sessions_ended``).
     """
     conns = max(plan.connections)
     click.echo(f"{title}, whole core: {plan.runs} rounds of {plan.duration:g} s with two "
@@ -490,6 +502,7 @@ def _report_whole_core(title: str, comparisons: Sequence[_Extrapolation], plan: 
     saved: list[dict[str, object]] = []
     missing = False
     for c in comparisons:
+        before()
         with c.baseline() as base, c.compared() as other, c.third() as third:
             harness.drive_together((base, other, third), connections=_half(conns),
                                    duration=plan.warmup, cores=plan.load_cores,
@@ -599,12 +612,13 @@ def _publish(heading: str, lines: Sequence[str], note: str, save: Path | None,
 
 
 def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan: _Plan, *,
-                  loop: str, save: Path | None, expected: Mapping[int, str] | None = None
-                  ) -> None:
+                  loop: str, save: Path | None, expected: Mapping[int, str] | None = None,
+                  before_pair: Callable[[], None]) -> None:
     """Each pair side by side on the server core, loaded at the same moment, round after
     round; the table gives the second's figures over the first's, as they are and on a
     whole core by CPU accounting (``benchmarks.accounting``). ``expected``: the
-    whole-core ratio known beforehand, by the pair's index (calibration, control)."""
+    whole-core ratio known beforehand, by the pair's index (calibration, control);
+    ``before_pair`` runs before each pair starts (``_sessions_ended``)."""
     click.echo(f"{title}, paired: {plan.runs} runs of {plan.duration:g} s per pair and "
                f"level, loop {loop}, load by {_loadgen_name()}", err=True)
     lines = ["| connections | baseline | compared | rounds counted | req/s ÷ baseline | "
@@ -616,6 +630,7 @@ def _report_pairs(title: str, pairs: Sequence[tuple[Contender, Contender]], plan
     idle: dict[str, float] = {}
     missing = False
     for index, (start_base, start_other) in enumerate(pairs):
+        before_pair()
         with start_base() as base, start_other() as other:
             servers = (base, other)
             harness.drive_together(servers, connections=_half(max(plan.connections)),

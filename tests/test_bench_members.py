@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import harness
-from benchmarks.members import LaunchesSeen, Tallies
+from benchmarks.members import LaunchesSeen, Tallies, forget_launches
 from tests.conftest import missing_tool
 
 _CORES = os.sched_getaffinity(0)
@@ -29,6 +29,18 @@ def test_launches_count_for_their_lifetime_then_drop_out() -> None:
     seen.observe(15.0, {"a": 41, "b": 2})
     assert (seen.running("a"), seen.running("b")) == (26, 0)  # and those seen by t=4
     assert seen.running("never") == 0
+
+
+def test_forgotten_launches_never_count_again() -> None:
+    seen = LaunchesSeen(lifetime=10.0)
+    seen.observe(0.0, {"a": 5, "b": 3})
+    seen.forget({"a": 8, "b": 3})  # three more launches of "a" since the last look
+    seen.observe(1.0, {"a": 8, "b": 3})
+    assert (seen.running("a"), seen.running("b")) == (0, 0)
+    seen.observe(2.0, {"a": 10, "b": 3})
+    assert seen.running("a") == 2  # launches after the forgetting count
+    seen.observe(12.0, {"a": 11, "b": 4})
+    assert (seen.running("a"), seen.running("b")) == (1, 1)  # the window moves on as before
 
 
 def test_tallies_add_up_over_files_and_skip_what_is_half_written(tmp_path: Path) -> None:
@@ -82,6 +94,25 @@ def test_members_report_the_same_count_until_they_count_again(tmp_path: Path) ->
         (tallies / "gen.0.json").write_text(json.dumps({urls[0]: 7, urls[1]: 2}))
         time.sleep(1.0)  # five looks at the tallies
         assert [_user_pods(u) for u in urls] == [0, 0]
+
+
+def test_members_forget_their_launches_when_told(tmp_path: Path) -> None:
+    """``forget_launches`` ends every session at once, even on members that would not count
+    their pods again for an hour, and launches after it count as before."""
+    tallies = tmp_path / "tallies"
+    with harness.members(2, churn=False, cores=_CORES, seen=tallies, pod_cache=0) as urls:
+        (tallies / "gen.0.json").write_text(json.dumps({urls[0]: 7, urls[1]: 2}))
+        assert (_pods_become(urls[0], 7), _pods_become(urls[1], 2)) == (7, 2)
+        forget_launches(tallies)
+        assert [_user_pods(u) for u in urls] == [0, 0]
+        (tallies / "gen.0.json").write_text(json.dumps({urls[0]: 10, urls[1]: 2}))
+        assert _pods_become(urls[0], 3) == 3
+    # A member that counts once an hour has not counted its churning pods yet; told to
+    # forget, it counts them at once (the first churn draws 15 of them).
+    with harness.members(1, churn=True, cores=_CORES, seen=tallies, pod_cache=3600) as urls:
+        assert _user_pods(urls[0]) == 0
+        forget_launches(tallies)
+        assert _user_pods(urls[0]) == 15
 
 
 @pytest.mark.parametrize("generator", ["wrk", "python"])
