@@ -27,6 +27,7 @@ from federation.table import (
     MemberStatus,
     RoutingTable,
     SentLaunches,
+    at_capacity,
     build_table,
     pod_count_max_age,
 )
@@ -35,7 +36,7 @@ __all__ = ["ConfigRejection", "RouterState"]
 
 log = structlog.get_logger("federation.runtime")
 
-COALESCE_SECONDS = 1.0  # pod-count-only changes are applied together, at most this late
+COALESCE_SECONDS = 5.0  # pod-count-only changes are applied together, at most this late
 RECENT_WINDOW = 600.0  # seconds of launches shown as "share of recent launches"
 _BUCKET = 10.0
 
@@ -158,8 +159,10 @@ class RouterState:
                   previous=prev.state.value, reason=new.reason or None,
                   consecutive=new.successes if healthy else new.failures,
                   latency_ms=round(result.latency * 1000, 1))
-        if prev.state is not new.state or prev.reason != new.reason:
-            self._swap()  # in or out of rotation: at once
+        if (prev.state is not new.state or prev.reason != new.reason
+                or at_capacity(self.config, member, prev.pod_quota)
+                is not at_capacity(self.config, member, new.pod_quota)):
+            self._swap()  # in or out of rotation, full or with room again: at once
         elif prev.pod_quota != new.pod_quota or prev.versions != new.versions:
             self._swap_soon()
         elif not self._swap_pending:
@@ -172,10 +175,14 @@ class RouterState:
     def _swap_soon(self) -> None:
         """Rebuild within ``COALESCE_SECONDS`` for changes that only move numbers.
 
-        Busy members report new pod counts on nearly every probe; with a hundred members
-        probed every second, rebuilding the table for each would cost more than routing.
-        Bounded loads lose nothing by the wait: until the swap, the old counts plus every
-        launch sent (``sent``) still hold, and the swap drops what the new counts include.
+        A hundred members whose counts change once a minute (BinderHub's) bring a new count
+        more than once a second; rebuilding the table for each would cost more than
+        routing, and every five seconds instead of every second gained about half a
+        percent of throughput (``benchmarks/HISTORY.md``, fifteenth pass). Bounded loads
+        lose nothing by the wait: until the swap, the old counts plus every launch sent
+        (``sent``) still hold, and the swap drops what the new counts include. A count that
+        makes a member full, or gives a full one room, does not wait (``apply_probe``):
+        launches must stop going to a member that said it is full at once.
         """
         if self._swap_pending:
             return

@@ -20,7 +20,7 @@ from typing import Literal
 
 from federation.config import Config, Member, Strategy, WeightMode
 from federation.drains import Drain
-from federation.health import MemberHealth, State
+from federation.health import MemberHealth, PodQuota, State
 from federation.launch import LaunchKey
 from federation.placement import (
     Candidate,
@@ -28,8 +28,8 @@ from federation.placement import (
     random_choice,
 )
 
-__all__ = ["Decision", "MemberStatus", "MemberView", "RoutingTable", "SentLaunches", "build_table",
-           "pod_count_max_age"]
+__all__ = ["Decision", "MemberStatus", "MemberView", "RoutingTable", "SentLaunches", "at_capacity",
+           "build_table", "pod_count_max_age"]
 
 SLOW_START_FLOOR = 0.1  # a ramping member starts at 10 % of its weight
 RANK_CACHE_SIZE = 4096  # repositories whose rankings are kept, at most
@@ -536,7 +536,8 @@ def _view(
     pods = pq.total_pods if pq else None
     quota = pq.quota if pq else None
     capacity = None if quota is None else _capacity(config, member, quota)
-    status, reason = _status(health, drain, pods, quota, capacity)
+    status, reason = _status(health, drain, pods, quota, capacity,
+                             full=at_capacity(config, member, pq))
     weight = member.weight
     if config.routing.weights is WeightMode.CAPACITY and weight > 0:
         weight = float(capacity) if capacity is not None else weight * pods_per_weight
@@ -546,6 +547,14 @@ def _view(
 
 def _capacity(config: Config, member: Member, quota: int) -> int:
     return max(0, quota - config.headroom_for(member).pods_for(quota))
+
+
+def at_capacity(config: Config, member: Member, pod_quota: PodQuota | None) -> bool:
+    """Whether ``pod_quota`` puts ``member`` at its capacity (quota less headroom): a
+    healthy member there is full and takes no new launches."""
+    if pod_quota is None or pod_quota.quota is None:
+        return False
+    return pod_quota.total_pods >= _capacity(config, member, pod_quota.quota)
 
 
 def _pods_per_weight(config: Config, healths: Mapping[str, MemberHealth]) -> float:
@@ -585,6 +594,8 @@ def _status(
     pods: int | None,
     quota: int | None,
     capacity: int | None,
+    *,
+    full: bool,
 ) -> tuple[MemberStatus, str]:
     if drain is not None:
         return MemberStatus.DRAINED, f"drained by {drain.by}: {drain.reason}"
@@ -592,7 +603,7 @@ def _status(
         return MemberStatus.UNKNOWN, health.reason
     if health.state is State.UNHEALTHY:
         return MemberStatus.UNHEALTHY, health.reason
-    if capacity is not None and pods is not None and pods >= capacity:
+    if full:
         return MemberStatus.FULL, f"{pods} of {quota} pods in use (takes launches below {capacity})"
     return MemberStatus.HEALTHY, ""
 

@@ -16,11 +16,12 @@ from federation.demo import MemberControls
 from federation.health import ProbeResult
 from federation.launch import parse_launch
 from federation.runtime import COALESCE_SECONDS, RouterState
-from federation.table import POD_COUNT_CACHE, SentLaunches, pod_count_max_age
+from federation.table import POD_COUNT_CACHE, MemberStatus, SentLaunches, pod_count_max_age
 from tests.conftest import Federation, StartFederation
 from tests.test_slow_start import config, probe
 
 SLOW_PROBES = {"interval": 30}  # after the first round, no probe interrupts the test
+NEW_COUNT = COALESCE_SECONDS + 5  # seconds a new pod count may take to reach the table
 
 
 def hot_repository(fed: Federation, order: list[str]) -> str:
@@ -60,11 +61,12 @@ async def test_hot_repository_spills_at_its_bound_and_comes_back(
     path = hot_repository(fed, ["a", "b", "c"])
     assert await member_of(fed, path) == "a"
     fed.members["a"].controls.extra_pods = 30  # bound for a: ceil(1.25 · 31 / 3) = 13
-    await fed.wait_for(lambda: fed.state.table.by_name["a"].pods == 30)
+    # a count that only moves numbers reaches the table within COALESCE_SECONDS
+    await fed.wait_for(lambda: fed.state.table.by_name["a"].pods == 30, timeout=NEW_COUNT)
     assert [await member_of(fed, path) for _ in range(3)] == ["b", "b", "b"]
     assert await redirects(fed, "b", "spill-over") == 3
     fed.members["a"].controls.extra_pods = 0
-    await fed.wait_for(lambda: fed.state.table.by_name["a"].pods == 0)
+    await fed.wait_for(lambda: fed.state.table.by_name["a"].pods == 0, timeout=NEW_COUNT)
     assert await member_of(fed, path) == "a"
     assert await redirects(fed, "a", "load_balancer") == 2
 
@@ -95,7 +97,7 @@ async def test_launches_count_until_a_member_reports_a_new_pod_count(
     assert await member_of(fed, path) == "a"  # bound ceil(1.25·4/2) = 3
     fed.members["a"].controls.extra_pods = 3  # its three launches are running now
     await probe_round(0.5)
-    await fed.wait_for(lambda: fed.state.table.by_name["a"].pods == 3)
+    await fed.wait_for(lambda: fed.state.table.by_name["a"].pods == 3, timeout=NEW_COUNT)
     assert fed.state.sent == SentLaunches({"a": 1, "b": 1})  # sent after the round at 0.4
 
 
@@ -117,6 +119,24 @@ async def test_launches_sent_while_a_new_pod_count_waits_for_the_table_are_count
     await asyncio.sleep(COALESCE_SECONDS * 1.5)
     assert state.table.by_name["a"].pods == 5
     assert state.sent.counts["a"] == 2 and state.sent.total == 2
+
+
+async def test_a_member_that_reports_itself_full_leaves_rotation_at_once() -> None:
+    """Counts that only move numbers wait up to ``COALESCE_SECONDS`` for the table; one that
+    makes a member full (quota 100 less the default headroom of 10: 90 pods) does not, nor
+    one that gives it room again: launches must stop going to a full member at once."""
+    state = RouterState(config({"a": 10, "b": 10}, slow_start=0))
+    for name in ("a", "b"):
+        state.apply_probe(name, probe(0.0, pods=10))
+    state.apply_probe("a", probe(1.0, pods=89))
+    assert state.table.by_name["a"].pods == 10  # a number moved: it waits
+    state.apply_probe("a", probe(2.0, pods=90))
+    assert state.table.by_name["a"].status is MemberStatus.FULL
+    assert [m.name for m in state.table.routable] == ["b"]
+    state.apply_probe("a", probe(3.0, pods=95))
+    state.apply_probe("a", probe(4.0, pods=60))
+    assert state.table.by_name["a"].status is MemberStatus.HEALTHY
+    assert state.table.by_name["a"].pods == 60
 
 
 def test_an_unchanged_pod_count_includes_launches_once_it_must_have_been_taken_again() -> None:
