@@ -177,8 +177,8 @@ class RouterState:
 
         A hundred members whose counts change once a minute (BinderHub's) bring a new count
         more than once a second; rebuilding the table for each would cost more than
-        routing, and every five seconds instead of every second gained about half a
-        percent of throughput (``benchmarks/HISTORY.md``, fifteenth pass). Bounded loads
+        routing, and every five seconds instead of every second read about 0.6 % faster
+        in a scratch A/B (``benchmarks/HISTORY.md``, fifteenth pass). Bounded loads
         lose nothing by the wait: until the swap, the old counts plus every launch sent
         (``sent``) still hold, and the swap drops what the new counts include. A count that
         makes a member full, or gives a full one room, does not wait (``apply_probe``):
